@@ -1,0 +1,1 @@
+"""Tracing PyTorch models into channel-dependency graphs. Never imports a solver."""

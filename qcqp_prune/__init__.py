@@ -1,0 +1,48 @@
+"""qcqp_prune: optimal channel pruning of PyTorch CNNs as a discrete QCQP.
+
+The public API (stable names):
+
+    graph = qp.trace(model, example_inputs)      # ChannelGraph: groups, layers, frozen reasons
+    costs = qp.cost_model(graph)                 # {"flops", "params", "memory"}: QuadraticCost
+    slim  = qp.slim_model(model, graph, masks)   # physically smaller deep copy
+    mask  = qp.mask_model(model, graph, masks)   # same shapes, removed channels held at zero
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .apply import ChannelMask, bake_masks, mask_model, slim_model, validate_masks
+from .cost import RESOURCES, cost_model, evaluate_costs
+from .graph.channel_graph import ChannelGraph, ChannelGroup, Member, PrunableLayer, build_channel_graph
+from .graph.trace import TraceError
+from .solvers.problem import QuadraticCost
+
+__version__ = "0.1.0"
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    frozen: Sequence[str] = (),
+    leaf_modules: Sequence[str | type] = (),
+) -> ChannelGraph:
+    """Trace ``model`` on ``example_inputs`` into its channel-dependency graph.
+
+    ``frozen``: module (or group) names whose channels are never pruned. ``leaf_modules``:
+    submodule names or types that torch.fx should treat as opaque ops (their channels are
+    frozen); use it for submodules fx cannot trace. Raises :class:`TraceError` naming the
+    failing construct when fx cannot trace the model or the inputs do not run through it.
+    The model is not modified (training flags are restored; BN statistics do not change).
+    """
+    return build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules)
+
+
+__all__ = [
+    "ChannelGraph", "ChannelGroup", "ChannelMask", "Member", "PrunableLayer", "QuadraticCost",
+    "RESOURCES", "TraceError", "bake_masks", "cost_model", "evaluate_costs", "mask_model",
+    "slim_model", "trace", "validate_masks",
+]

@@ -1,0 +1,160 @@
+"""Turn per-group keep-masks into PyTorch models (DESIGN.md section 6).
+
+``slim_model`` returns a deep copy with every claimed parameter and buffer physically
+resized (and ``in_channels``, ``num_features``, ... updated), so the user's own ``forward``
+keeps working. ``mask_model`` returns a deep copy with the same shapes in which every
+parameter slice of a removed channel is multiplied by zero through
+``torch.nn.utils.parametrize`` (so training keeps it at zero). Whole groups are masked:
+producer rows, biases, norm affine parameters and consumer columns, so nothing a removed
+channel carries can reach a kept output. The user's model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .graph.channel_graph import ChannelGraph
+
+
+class ChannelMask(nn.Module):
+    """Parametrization ``W -> W * mask`` that keeps removed channels at zero during training."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def validate_masks(graph: ChannelGraph, masks: Any) -> list[np.ndarray]:
+    """Normalize ``masks`` (a sequence indexed by group id, or a mapping from group name or id
+    to a boolean array; groups left out of a mapping are kept whole) to one bool array per
+    group, raising a ``ValueError`` that names the offending group."""
+    sizes = [g.size for g in graph.groups]
+    out = [np.ones(n, dtype=bool) for n in sizes]
+    if isinstance(masks, Mapping):
+        items = [(graph.group(k).id, v) for k, v in masks.items()]
+    else:
+        masks = list(masks)
+        if len(masks) != len(sizes):
+            raise ValueError(f"got {len(masks)} masks but the model has {len(sizes)} channel groups; "
+                             f"pass one boolean array per group (graph.groups) or a dict by name")
+        items = list(enumerate(masks))
+    for gid, m in items:
+        g = graph.groups[gid]
+        arr = np.asarray(m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m)
+        if arr.dtype != bool:
+            if not np.isin(arr, (0, 1)).all():
+                raise ValueError(f"mask of group {g.name!r} must be boolean (or 0/1), got dtype {arr.dtype}")
+            arr = arr.astype(bool)
+        if arr.shape != (g.size,):
+            raise ValueError(f"mask of group {g.name!r} has shape {arr.shape}; expected ({g.size},)")
+        if not arr.any():
+            raise ValueError(f"mask of group {g.name!r} keeps no channel; keep at least one "
+                             f"(an empty group would disconnect the network)")
+        if g.frozen and not arr.all():
+            raise ValueError(f"group {g.name!r} is frozen ({g.frozen_reasons[0]}) and cannot be pruned")
+        out[gid] = arr
+    return out
+
+
+def _claims_by_tensor(graph: ChannelGraph, masks: Sequence[np.ndarray]) -> dict[str, list[tuple[int, np.ndarray, int]]]:
+    """tensor -> [(dim, kept positions, full length)] for every axis that loses something."""
+    by_tensor: dict[str, list[tuple[int, np.ndarray, int]]] = defaultdict(list)
+    for (tensor, dim), segs in graph.claims.items():
+        full = sum(graph.groups[s.group].size * s.block for s in segs)
+        idx = graph.kept_indices(segs, masks)
+        if len(idx) < full:
+            by_tensor[tensor].append((dim, idx, full))
+    return by_tensor
+
+
+def _split(name: str) -> tuple[str, str]:
+    mod, _, attr = name.rpartition(".")
+    return mod, attr
+
+
+def _fix_attributes(module: nn.Module, was_depthwise: bool) -> None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        w = module.weight
+        if was_depthwise:
+            module.in_channels = module.out_channels = module.groups = w.shape[0]
+        else:
+            module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        ref = module.weight if module.weight is not None else module.running_mean
+        module.num_features = ref.shape[0]
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = module.num_groups = module.weight.shape[0]
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = module.weight.shape[0]
+
+
+def slim_model(model: nn.Module, graph: ChannelGraph, masks: Any) -> nn.Module:
+    """A physically smaller deep copy of ``model`` that keeps only the masked-in channels."""
+    masks = validate_masks(graph, masks)
+    new = copy.deepcopy(model)
+    touched: dict[str, bool] = {}
+    for tensor, dims in _claims_by_tensor(graph, masks).items():
+        mod_name, attr = _split(tensor)
+        mod = new.get_submodule(mod_name)
+        if mod_name not in touched:
+            touched[mod_name] = (isinstance(mod, nn.modules.conv._ConvNd)
+                                 and mod.groups == mod.in_channels == mod.out_channels and mod.groups > 1)
+        old = getattr(mod, attr)
+        with torch.no_grad():
+            data = old.detach()
+            for dim, idx, _ in dims:
+                data = data.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=data.device))
+            data = data.clone()
+        if isinstance(old, nn.Parameter):
+            setattr(mod, attr, nn.Parameter(data, requires_grad=old.requires_grad))
+        else:
+            mod._buffers[attr] = data
+    for mod_name, was_dw in touched.items():
+        _fix_attributes(new.get_submodule(mod_name), was_dw)
+    return new
+
+
+def mask_model(model: nn.Module, graph: ChannelGraph, masks: Any) -> nn.Module:
+    """A deep copy of ``model`` with removed channels zeroed by parametrizations."""
+    masks = validate_masks(graph, masks)
+    new = copy.deepcopy(model)
+    for tensor, dims in _claims_by_tensor(graph, masks).items():
+        mod_name, attr = _split(tensor)
+        mod = new.get_submodule(mod_name)
+        old = getattr(mod, attr)
+        if not isinstance(old, nn.Parameter):
+            continue  # buffers (BN statistics) need no mask: the affine parameters are zeroed
+        mask = torch.ones_like(old, dtype=old.dtype)
+        for dim, idx, full in dims:
+            keep = torch.zeros(full, dtype=old.dtype, device=old.device)
+            keep[torch.as_tensor(idx, dtype=torch.long, device=old.device)] = 1
+            shape = [1] * old.dim()
+            shape[dim] = full
+            mask = mask * keep.view(shape)
+        parametrize.register_parametrization(mod, attr, ChannelMask(mask))
+    return new
+
+
+def bake_masks(model: nn.Module) -> nn.Module:
+    """Replace every :class:`ChannelMask` parametrization by plain (zeroed) weights, in place,
+    so the state_dict has the original keys again. Returns ``model``."""
+    for mod in list(model.modules()):
+        plist = getattr(mod, "parametrizations", None)
+        if plist is None:
+            continue
+        for attr in list(plist.keys()):
+            if all(isinstance(p, ChannelMask) for p in plist[attr]):
+                parametrize.remove_parametrizations(mod, attr, leave_parametrized=True)
+    return model
