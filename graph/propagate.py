@@ -430,9 +430,12 @@ class Propagator:
             self.p.layouts[node.name] = lay_in
         else:
             self.p.constant_flops += flops
-            return self.unknown(node, f"grouped convolution (groups={m.groups}, "
-                                      f"in={m.in_channels}, out={m.out_channels}): its channels "
-                                      f"are frozen (pruning must keep every conv group equal)")
+            why = (f"op `{node.name}` ({self.p.ops[node.name]}): grouped convolution (groups="
+                   f"{m.groups}, in={m.in_channels}, out={m.out_channels}): its channels are "
+                   f"frozen (pruning must keep every conv group equal)")
+            self.freeze_layout(lay_in, why)
+            g = self.t.new(name, m.out_channels, why)
+            self.p.layouts[node.name] = Layout(1, (Segment(g),))
 
     def linear(self, node: fx.Node, m: nn.Linear) -> None:
         first = self.first_tensor(node)

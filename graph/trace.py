@@ -137,16 +137,17 @@ class _Recorder(fx.Interpreter):
 
 def record(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> tuple[dict[str, NodeInfo], Any]:
     """One eval-mode, no-grad forward pass of ``gm``; returns per-node info and the output."""
+    slots = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    required = [n for n in slots if not n.args]  # placeholders with a default carry it in args
+    if not len(required) <= len(example_inputs) <= len(slots):
+        raise TraceError(
+            f"the model's forward() takes {len(required)}"
+            f"{'' if len(required) == len(slots) else f' to {len(slots)}'} tensor argument(s) "
+            f"({', '.join(n.target for n in slots)}) but it does not accept "
+            f"{len(example_inputs)} example input(s). Pass example_inputs as a tensor or a tuple "
+            f"with one tensor per forward() argument."
+        )
     with eval_mode(gm), torch.no_grad():
         rec = _Recorder(gm)
-        try:
-            out = rec.run(*example_inputs)
-        except TypeError as e:
-            if not rec.info:
-                raise TraceError(
-                    f"the model's forward() does not accept {len(example_inputs)} example "
-                    f"input(s): {e}. Pass example_inputs as a tensor or a tuple with one tensor "
-                    f"per forward() argument."
-                ) from e
-            raise
+        out = rec.run(*example_inputs)
     return rec.info, out
