@@ -6,6 +6,8 @@ The public API (stable names):
     costs = qp.cost_model(graph)                 # {"flops", "params", "memory"}: QuadraticCost
     slim  = qp.slim_model(model, graph, masks)   # physically smaller deep copy
     mask  = qp.mask_model(model, graph, masks)   # same shapes, removed channels held at zero
+    plan  = qp.plan_channels(model, x, budget=qp.Budget(flops=0.5))   # solve the QCQP
+    slim  = plan.apply(model, mode="slim"); plan.to_json("plan.json"); qp.load_plan("plan.json")
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Any, Sequence
 import torch
 
 from .apply import ChannelMask, bake_masks, mask_model, slim_model, validate_masks
+from .budget import Absolute, Budget
 from .cost import RESOURCES, cost_model, evaluate_costs
 from .graph.channel_graph import ChannelGraph, ChannelGroup, Member, PrunableLayer, build_channel_graph
 from .graph.trace import TraceError
+from .importance import CRITERIA
+from .plan import PruningPlan, plan_channels
 from .solvers.problem import QuadraticCost
 
 __version__ = "0.1.0"
@@ -41,7 +46,14 @@ def trace(
     return build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules)
 
 
+def load_plan(path: str) -> PruningPlan:
+    """Read a plan written by :meth:`PruningPlan.to_json` (validated against the shipped schema)."""
+    from .plan_io import load_plan as _load
+    return _load(path)
+
+
 __all__ = [
+    "Absolute", "Budget", "CRITERIA", "PruningPlan", "load_plan", "plan_channels",
     "ChannelGraph", "ChannelGroup", "ChannelMask", "Member", "PrunableLayer", "QuadraticCost",
     "RESOURCES", "TraceError", "bake_masks", "cost_model", "evaluate_costs", "mask_model",
     "slim_model", "trace", "validate_masks",
