@@ -26,12 +26,14 @@ class Budget:
     A float in (0, 1] is a fraction of the unpruned model (``flops=0.5`` keeps at most half
     the FLOPs); an absolute limit is written ``Absolute(value)`` or with
     :meth:`Budget.absolute`. Resources: ``flops``, ``params``, ``memory`` (activation elements
-    written in one forward pass).
+    written in one forward pass), ``latency`` (milliseconds predicted by a fitted
+    :class:`~qcqp_prune.latency.LatencyModel`; a fraction is of the unpruned model's latency).
     """
 
     flops: float | Absolute | None = None
     params: float | Absolute | None = None
     memory: float | Absolute | None = None
+    latency: float | Absolute | None = None  # needs plan_channels(latency_model=...); ms
 
     def __post_init__(self) -> None:
         given = 0

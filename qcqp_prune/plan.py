@@ -50,6 +50,7 @@ class PruningPlan:
     stop_reason: str | None = None
     solver_details: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latency_model: dict[str, Any] | None = None  # which latency model priced the plan
     graph: ChannelGraph | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -184,6 +185,7 @@ def plan_channels(
     loss_fn: Callable | None = None,
     progress: Callable[[float, float | None, float], None] | None = None,
     graph: ChannelGraph | None = None,
+    latency_model: Any = None,
     **solver_options: Any,
 ) -> PruningPlan:
     """Choose the channels to keep so that every budget holds and the kept importance is
@@ -198,6 +200,12 @@ def plan_channels(
         raise ValueError(f"time_limit={time_limit!r} must be a finite number of seconds >= 0")
     graph = graph or build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules)
     costs = cost_model(graph)
+    if latency_model is not None:
+        costs["latency"] = latency_model.cost(graph)
+    elif budget.latency is not None:
+        raise ValueError("budget latency needs a fitted latency model: pass "
+                         "latency_model=qp.fit_latency(model, example_inputs) (or load one with "
+                         "qp.LatencyModel.load(path))")
     full = evaluate_costs(costs, graph.sizes())
     limits = budget.resolve(full)
     scores = layer_scores(model, graph, importance, data=importance_data, loss_fn=loss_fn)
@@ -217,5 +225,6 @@ def plan_channels(
         budget=budget, limits=limits,
         importance=importance if isinstance(importance, str) else getattr(importance, "__name__", "custom"),
         solver=solver, seed=seed, wall_time=sol.wall_time, stop_reason=sol.stop_reason,
+        latency_model=None if latency_model is None else latency_model.describe(),
         solver_details={"backend": sol.backend, "backend_version": sol.backend_version, **sol.details},
     )
