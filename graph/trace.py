@@ -123,10 +123,14 @@ class _Recorder(fx.Interpreter):
         except Exception as e:
             what = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", n.target)
             shapes = [tuple(t.shape) for t in _tensors(args)]
+            kinds = sorted({f"{t.dtype}/{t.device}" for t in _tensors(args)})
+            params = sorted({f"{p.dtype}/{p.device}" for p in self.module.parameters()})
             raise TraceError(
                 f"running the model on the example inputs failed at node `{n.name}` ({n.op} "
-                f"{what}) with input shapes {shapes}: {type(e).__name__}: {e}. Pass example "
-                f"inputs of the shape the model expects (e.g. torch.randn(1, 3, 224, 224))."
+                f"{what}) with input shapes {shapes} ({', '.join(kinds)}; model parameters "
+                f"{', '.join(params) or 'none'}): {type(e).__name__}: {str(e).splitlines()[0]}. "
+                f"Pass example inputs of the shape, dtype and device the model expects "
+                f"(e.g. torch.randn(1, 3, 224, 224))."
             ) from e
         written = sum(
             t.numel() for t in _tensors(result) if t.untyped_storage().data_ptr() not in inputs
