@@ -8,6 +8,7 @@ the keep-masks plus linear terms ``w^T x_g`` and a constant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -81,3 +82,158 @@ class ResourceConstraint:
     name: str
     cost: QuadraticCost
     budget: float
+
+
+def _as_tuple(value, n: int, name: str, default):
+    if value is None:
+        return (default,) * n
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries but the problem has {n} groups")
+    return value
+
+
+@dataclass(frozen=True)
+class ChannelProblem:
+    """Channel selection: keep-masks ``x_g`` per group maximizing the kept importance
+    ``sum x_g^T W x_h + sum w^T x_g + objective_constant`` subject to resource budgets.
+
+    Frozen groups are fixed fully kept. A kept count must be at least ``min_keep[g]`` and,
+    when ``round_to[g]`` is set, a multiple of it (or the full size). Validated on
+    construction: errors name the bad value and say what to do.
+    """
+
+    sizes: tuple[int, ...]
+    frozen: tuple[bool, ...] | None = None
+    min_keep: tuple[int, ...] | int | None = None
+    round_to: tuple[int | None, ...] | int | None = None
+    bilinear: tuple[BilinearTerm, ...] = ()
+    linear: tuple[LinearTerm, ...] = ()
+    objective_constant: float = 0.0
+    constraints: tuple[ResourceConstraint, ...] = ()
+    names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.sizes)
+        sizes = tuple(int(s) for s in self.sizes)
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"group sizes must be >= 1, got {sizes}")
+        object.__setattr__(self, "sizes", sizes)
+        frozen = tuple(bool(f) for f in _as_tuple(self.frozen, n, "frozen", False))
+        object.__setattr__(self, "frozen", frozen)
+        mk = _as_tuple(self.min_keep, n, "min_keep", 1)
+        for g, m in enumerate(mk):
+            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+                raise ValueError(f"min_keep[{g}]={m!r} must be an integer >= 1")
+        object.__setattr__(self, "min_keep", tuple(min(int(m), s) for m, s in zip(mk, sizes)))
+        rt = _as_tuple(self.round_to, n, "round_to", None)
+        for g, r in enumerate(rt):
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1):
+                raise ValueError(f"round_to[{g}]={r!r} must be None or an integer >= 1")
+        object.__setattr__(self, "round_to", tuple(None if r is None else int(r) for r in rt))
+        if self.names is not None and len(self.names) != n:
+            raise ValueError(f"names has {len(self.names)} entries but the problem has {n} groups")
+        object.__setattr__(self, "bilinear", tuple(self.bilinear))
+        object.__setattr__(self, "linear", tuple(self.linear))
+        object.__setattr__(self, "constraints", tuple(self.constraints))
+
+        def check_group(g: int, where: str) -> None:
+            if not isinstance(g, (int, np.integer)) or not 0 <= g < n:
+                raise ValueError(f"{where}: group id {g!r} out of range [0, {n})")
+
+        for i, t in enumerate(self.bilinear):
+            check_group(t.g, f"bilinear[{i}]")
+            check_group(t.h, f"bilinear[{i}]")
+            w = np.asarray(t.weights, dtype=np.float64)
+            if w.shape != (sizes[t.g], sizes[t.h]):
+                raise ValueError(f"bilinear[{i}] weights have shape {w.shape}; expected "
+                                 f"({sizes[t.g]}, {sizes[t.h]}) for groups ({t.g}, {t.h})")
+            self._check_values(w, f"bilinear[{i}] ({self.name(t.g)} x {self.name(t.h)})")
+        for i, t in enumerate(self.linear):
+            check_group(t.g, f"linear[{i}]")
+            w = np.asarray(t.weights, dtype=np.float64)
+            if w.shape != (sizes[t.g],):
+                raise ValueError(f"linear[{i}] weights have shape {w.shape}; expected ({sizes[t.g]},)")
+            self._check_values(w, f"linear[{i}] ({self.name(t.g)})")
+        if not math.isfinite(self.objective_constant):
+            raise ValueError(f"objective_constant={self.objective_constant!r} must be finite")
+        names = set()
+        for c in self.constraints:
+            if c.name in names:
+                raise ValueError(f"two constraints are named {c.name!r}")
+            names.add(c.name)
+            if not isinstance(c.budget, (int, float, np.floating, np.integer)) or not math.isfinite(c.budget):
+                raise ValueError(f"budget {c.name}={c.budget!r} must be a finite number")
+            if c.budget < 0:
+                raise ValueError(f"budget {c.name}={c.budget!r} is negative; budgets must be >= 0")
+            for (g, h), v in c.cost.bilinear.items():
+                check_group(g, f"cost {c.name!r}")
+                check_group(h, f"cost {c.name!r}")
+                if not math.isfinite(v) or v < 0:
+                    raise ValueError(f"cost {c.name!r} coefficient {v!r} on groups ({g}, {h}) must be finite and >= 0")
+            for g, v in c.cost.linear.items():
+                check_group(g, f"cost {c.name!r}")
+                if not math.isfinite(v) or v < 0:
+                    raise ValueError(f"cost {c.name!r} coefficient {v!r} on group {g} must be finite and >= 0")
+            if not math.isfinite(c.cost.constant):
+                raise ValueError(f"cost {c.name!r} constant must be finite")
+
+    @staticmethod
+    def _check_values(w: np.ndarray, where: str) -> None:
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"{where}: importance contains NaN or inf; fix the weights or the "
+                             f"importance criterion")
+        if np.any(w < 0):
+            raise ValueError(f"{where}: importance has negative entries; importances must be >= 0")
+
+    # ------------------------------------------------------------------ helpers
+    def name(self, g: int) -> str:
+        return self.names[g] if self.names is not None else f"group {g}"
+
+    @property
+    def prunable(self) -> list[int]:
+        return [g for g in range(len(self.sizes)) if not self.frozen[g]]
+
+    def allowed_counts(self, g: int) -> list[int]:
+        """Kept counts group ``g`` may take, ascending."""
+        size = self.sizes[g]
+        if self.frozen[g]:
+            return [size]
+        r = self.round_to[g] or 1
+        vals = [k for k in range(self.min_keep[g], size + 1) if k % r == 0 or k == size]
+        return vals or [size]
+
+    def min_counts(self) -> np.ndarray:
+        return np.array([self.allowed_counts(g)[0] for g in range(len(self.sizes))], dtype=np.int64)
+
+    def full_masks(self) -> list[np.ndarray]:
+        return [np.ones(s, dtype=bool) for s in self.sizes]
+
+    def objective(self, masks: Sequence[np.ndarray]) -> float:
+        """Kept importance of ``masks`` in original units (frozen groups count as kept)."""
+        x = [np.ones(s) if self.frozen[g] else np.asarray(masks[g], dtype=np.float64)
+             for g, s in enumerate(self.sizes)]
+        total = float(self.objective_constant)
+        for t in self.bilinear:
+            total += float(x[t.g] @ np.asarray(t.weights, dtype=np.float64) @ x[t.h])
+        for t in self.linear:
+            total += float(np.asarray(t.weights, dtype=np.float64) @ x[t.g])
+        return total
+
+    def counts(self, masks: Sequence[np.ndarray]) -> np.ndarray:
+        return np.array([s if self.frozen[g] else int(np.sum(masks[g])) for g, s in enumerate(self.sizes)],
+                        dtype=np.int64)
+
+    def costs(self, masks: Sequence[np.ndarray]) -> dict[str, float]:
+        n = self.counts(masks)
+        return {c.name: c.cost.evaluate(n) for c in self.constraints}
+
+    def feasible(self, masks: Sequence[np.ndarray], rtol: float = 1e-12) -> bool:
+        """Budgets hold (in floating point) and every count is allowed."""
+        n = self.counts(masks)
+        for g in range(len(self.sizes)):
+            if n[g] not in set(self.allowed_counts(g)):
+                return False
+        return all(c.cost.evaluate(n) <= c.budget * (1 + rtol) + 1e-9 for c in self.constraints)

@@ -1,0 +1,132 @@
+"""``solve_channels``: one entry point for every channel-selection back-end.
+
+Every back-end returns a :class:`Solution` in the same vocabulary; every returned plan is
+re-checked in floating point against every budget; a budget that cannot hold at all raises
+:class:`InfeasibleBudgetError` with the smallest achievable cost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import ortools
+
+from .problem import ChannelProblem
+from .reduced import Reduced, reduce_problem
+from .result import Solution, Status, check_feasible_budgets, relative_gap
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Capabilities of a back-end (cvxpy-style flags)."""
+
+    name: str
+    exact: bool  # can prove optimality
+    bound: bool  # reports a proven upper bound
+    anytime: bool  # returns the best plan so far at a time limit
+
+
+BACKENDS = {
+    "cpsat": Backend("cpsat", exact=True, bound=True, anytime=True),
+    "mip": Backend("mip", exact=True, bound=True, anytime=True),
+    "greedy": Backend("greedy", exact=False, bound=False, anytime=True),
+    "exhaustive": Backend("exhaustive", exact=True, bound=True, anytime=False),
+    "relaxation": Backend("relaxation", exact=False, bound=True, anytime=False),
+}
+
+
+def _finish(problem: ChannelProblem, masks: list[np.ndarray], status: Status, bound: float | None,
+            stop_reason: str | None, t0: float, backend: str, version: str, seed: int,
+            details: dict[str, Any]) -> Solution:
+    if not problem.feasible(masks):
+        raise AssertionError(f"internal error: back-end {backend} returned masks that break a budget "
+                             f"({problem.costs(masks)} vs {[c.budget for c in problem.constraints]})")
+    obj = problem.objective(masks)
+    if bound is not None:
+        bound = max(bound, obj)  # a valid bound is never below a feasible objective
+        if status is Status.FEASIBLE and bound <= obj:
+            status, stop_reason = Status.OPTIMAL, None
+    gap = relative_gap(obj, bound, status is Status.OPTIMAL and backend == "exhaustive")
+    if status is Status.OPTIMAL and gap is None:
+        gap = 0.0
+    return Solution(masks=masks, objective=obj, bound=bound, gap=gap, status=status,
+                    stop_reason=stop_reason, wall_time=time.perf_counter() - t0, backend=backend,
+                    backend_version=version, seed=seed, costs=problem.costs(masks), details=details)
+
+
+def solve_channels(
+    problem: ChannelProblem,
+    solver: str = "cpsat",
+    time_limit: float = 30.0,
+    seed: int = 0,
+    *,
+    linearization: str = "auto",
+    workers: int = 1,
+    progress: Callable[[float, float | None, float], None] | None = None,
+    **options: Any,
+) -> Solution:
+    """Solve channel selection with back-end ``solver`` (see ``BACKENDS``).
+
+    ``time_limit`` (seconds) bounds the search; ``seed`` and ``workers=1`` make CP-SAT
+    deterministic; ``linearization`` is ``"auto"``, ``"pairwise"`` or ``"glover"``;
+    ``progress(objective, bound, elapsed)`` is called as the incumbent improves.
+    """
+    if solver not in BACKENDS:
+        raise ValueError(f"solver={solver!r} is not a known back-end; use one of {sorted(BACKENDS)}")
+    if not isinstance(time_limit, (int, float)) or not math.isfinite(time_limit) or time_limit < 0:
+        raise ValueError(f"time_limit={time_limit!r} must be a finite number of seconds >= 0")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    t0 = time.perf_counter()
+    check_feasible_budgets(problem)
+    red = reduce_problem(problem)
+    version = f"ortools {ortools.__version__}"
+    if solver == "exhaustive":
+        from .exhaustive import exhaustive_masks
+        masks, obj = exhaustive_masks(problem)
+        if masks is None:
+            return Solution([], -math.inf, None, None, Status.INFEASIBLE, None, time.perf_counter() - t0,
+                            "exhaustive", "numpy", seed)
+        return _finish(problem, masks, Status.OPTIMAL, obj, None, t0, "exhaustive", "numpy", seed, {})
+
+    from .greedy import greedy_masks
+    greedy = greedy_masks(problem, time_limit=min(time_limit, 10.0) if solver != "greedy" else time_limit, red=red)
+    if solver == "greedy":
+        if progress:
+            progress(problem.objective(greedy), None, time.perf_counter() - t0)
+        return _finish(problem, greedy, Status.FEASIBLE, None, "heuristic", t0, "greedy", "numpy", seed, {})
+    if solver == "relaxation":
+        from .relaxation import relaxation_bound
+        bound, info = relaxation_bound(problem, red, linearization=linearization, **options)
+        return _finish(problem, greedy, Status.FEASIBLE, bound, "heuristic plan, relaxation bound", t0,
+                       "relaxation", info.pop("version"), seed, info)
+    remaining = max(0.0, time_limit - (time.perf_counter() - t0))
+    if solver == "cpsat":
+        from .cpsat import solve_cpsat
+        name, masks, bound, info = solve_cpsat(problem, red, time_limit=remaining, seed=seed, workers=workers,
+                                               linearization=linearization, hint=greedy, progress=progress)
+        backend = "cpsat"
+    else:
+        from .mip import solve_mip
+        name, masks, bound, info = solve_mip(problem, red, time_limit=remaining, seed=seed,
+                                             linearization=linearization, hint=greedy, **options)
+        backend = f"mip-{info.get('mip_solver', 'scip')}"
+    details = {**info, "greedy_objective": problem.objective(greedy)}
+    if masks is not None and problem.feasible(masks):
+        if problem.objective(masks) < problem.objective(greedy):
+            masks = greedy  # the warm start was better than what the solver returned
+        status = Status.OPTIMAL if name == "OPTIMAL" else Status.FEASIBLE
+        return _finish(problem, masks, status, bound, None if status is Status.OPTIMAL else "time_limit",
+                       t0, backend, version, seed, details)
+    if name == "ERROR":
+        warnings.warn(f"{backend} failed ({info.get('native_status')}); returning the greedy plan", RuntimeWarning)
+    else:
+        warnings.warn(f"{backend} found no solution within {time_limit:g} s; returning the greedy plan "
+                      f"(status FEASIBLE, no certified gap)", RuntimeWarning)
+    return _finish(problem, greedy, Status.FEASIBLE, None, f"{backend}: no solution in time, greedy fallback",
+                   t0, backend, version, seed, details)

@@ -1,0 +1,65 @@
+"""Shared pieces of the exact MILP/CP models: integer scaling of costs and importances, and
+the choice between the pairwise and the Glover linearization of ``x_g^T W x_h``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .problem import ChannelProblem
+from .reduced import Reduced
+
+PAIRWISE_LIMIT = 20_000  # nonzero weights; above it "auto" picks Glover
+
+
+def nonzeros(red: Reduced) -> int:
+    return int(sum(np.count_nonzero(p.W) for p in red.pairs))
+
+
+def choose_linearization(red: Reduced, linearization: str) -> str:
+    if linearization not in ("auto", "pairwise", "glover"):
+        raise ValueError(f"linearization={linearization!r} must be 'auto', 'pairwise' or 'glover'")
+    if linearization == "auto":
+        return "pairwise" if nonzeros(red) <= PAIRWISE_LIMIT else "glover"
+    return linearization
+
+
+def objective_scale(red: Reduced, target: float = 1e10) -> float:
+    """Multiplier that maps the largest possible variable objective to about ``target``."""
+    total = sum(float(p.W.sum()) for p in red.pairs) + sum(float(w.sum()) for w in red.linear.values())
+    return target / total if total > 0 else 1.0
+
+
+def cost_scale(problem: ChannelProblem, r: int, target: float = 2.0 ** 50) -> float:
+    c = problem.constraints[r]
+    full = c.cost.evaluate(problem.sizes)
+    return target / max(full, c.budget, 1e-300)
+
+
+def integer_cost(problem: ChannelProblem, r: int):
+    """Cost ``r`` with coefficients rounded up and budget rounded down after scaling, so an
+    integer-feasible point is feasible in real numbers. Returns (bilinear, linear, constant,
+    budget) with frozen groups folded in."""
+    c = problem.constraints[r]
+    s = cost_scale(problem, r)
+    frozen, sizes = problem.frozen, problem.sizes
+    bil: dict[tuple[int, int], int] = {}
+    lin: dict[int, float] = {}
+    const = c.cost.constant
+    for (g, h), v in c.cost.bilinear.items():
+        if frozen[g] and frozen[h]:
+            const += v * sizes[g] * sizes[h]
+        elif frozen[g]:
+            lin[h] = lin.get(h, 0.0) + v * sizes[g]
+        elif frozen[h]:
+            lin[g] = lin.get(g, 0.0) + v * sizes[h]
+        else:
+            bil[(g, h)] = bil.get((g, h), 0) + math.ceil(v * s)
+    for g, v in c.cost.linear.items():
+        if frozen[g]:
+            const += v * sizes[g]
+        else:
+            lin[g] = lin.get(g, 0.0) + v
+    lin_int = {g: math.ceil(v * s) for g, v in lin.items()}
+    return bil, lin_int, math.ceil(const * s), math.floor(c.budget * s)
