@@ -25,7 +25,7 @@ def choose_linearization(red: Reduced, linearization: str) -> str:
     return linearization
 
 
-def objective_scale(red: Reduced, target: float = 1e10) -> float:
+def objective_scale(red: Reduced, target: float = 1e8) -> float:
     """Multiplier that maps the largest possible variable objective to about ``target``."""
     total = sum(float(p.W.sum()) for p in red.pairs) + sum(float(w.sum()) for w in red.linear.values())
     return target / total if total > 0 else 1.0
@@ -38,13 +38,13 @@ def cost_scale(problem: ChannelProblem, r: int, target: float = 2.0 ** 50) -> fl
 
 
 def integer_cost(problem: ChannelProblem, r: int):
-    """Cost ``r`` with coefficients rounded up and budget rounded down after scaling, so an
-    integer-feasible point is feasible in real numbers. Returns (bilinear, linear, constant,
-    budget) with frozen groups folded in."""
+    """Cost ``r`` as integers with frozen groups folded in: exact when every coefficient is
+    already an integer (FLOPs, parameters), otherwise scaled with coefficients rounded up and
+    the budget rounded down, so an integer-feasible point is feasible in real numbers.
+    Returns (bilinear, linear, constant, budget)."""
     c = problem.constraints[r]
-    s = cost_scale(problem, r)
     frozen, sizes = problem.frozen, problem.sizes
-    bil: dict[tuple[int, int], int] = {}
+    bil: dict[tuple[int, int], float] = {}
     lin: dict[int, float] = {}
     const = c.cost.constant
     for (g, h), v in c.cost.bilinear.items():
@@ -55,11 +55,15 @@ def integer_cost(problem: ChannelProblem, r: int):
         elif frozen[h]:
             lin[g] = lin.get(g, 0.0) + v * sizes[h]
         else:
-            bil[(g, h)] = bil.get((g, h), 0) + math.ceil(v * s)
+            bil[(g, h)] = bil.get((g, h), 0.0) + v
     for g, v in c.cost.linear.items():
         if frozen[g]:
             const += v * sizes[g]
         else:
             lin[g] = lin.get(g, 0.0) + v
-    lin_int = {g: math.ceil(v * s) for g, v in lin.items()}
-    return bil, lin_int, math.ceil(const * s), math.floor(c.budget * s)
+    values = [*bil.values(), *lin.values(), const]
+    full = c.cost.evaluate(sizes)
+    exact = all(float(v).is_integer() for v in values) and max(full, c.budget) < 2.0 ** 60
+    s = 1.0 if exact else cost_scale(problem, r)
+    return ({k: math.ceil(v * s) for k, v in bil.items()}, {g: math.ceil(v * s) for g, v in lin.items()},
+            math.ceil(const * s), math.floor(c.budget * s))

@@ -199,15 +199,6 @@ def test_latency_budget_needs_a_latency_model() -> None:
 
 
 # ------------------------------------------------------------------ plans
-def _solvers_ready() -> bool:
-    try:
-        from qcqp_prune.solvers import solve_channels  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _solvers_ready(), reason="solver back-end not available yet")
 @pytest.mark.parametrize("kind", ["fraction", "absolute"])
 def test_plan_respects_latency_budget_as_predicted(kind) -> None:
     model = zoo.resnet20().eval()

@@ -1,0 +1,143 @@
+"""MILP back-end through OR-Tools MathOpt (SCIP by default, HiGHS as ``mip_solver="highs"``).
+
+Same model as CP-SAT, linear throughout: the bilinear objective by the pairwise or Glover
+linearization (continuous variables, real weights: no scaling), and each count product
+``N_g * N_h`` by an exact lower envelope: ``N_g`` in binary (or one-hot over its allowed
+values when ``round_to`` is set) and ``P >= sum_k 2^k w_k`` with ``w_k >= N_h - U_h (1 - b_k)``,
+``w_k >= 0``. Since costs only grow with ``P``, ``P >= N_g N_h`` is exact for feasibility.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import numpy as np
+from ortools.math_opt.python import mathopt
+
+from .linearize import choose_linearization
+from .problem import ChannelProblem
+from .reduced import Reduced
+
+MATHOPT_STATUS = {
+    mathopt.TerminationReason.OPTIMAL: "OPTIMAL",
+    mathopt.TerminationReason.FEASIBLE: "FEASIBLE",
+    mathopt.TerminationReason.INFEASIBLE: "INFEASIBLE",
+    mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED: "INFEASIBLE",
+    mathopt.TerminationReason.UNBOUNDED: "ERROR",
+    mathopt.TerminationReason.NO_SOLUTION_FOUND: "NO_SOLUTION",
+    mathopt.TerminationReason.IMPRECISE: "ERROR",
+    mathopt.TerminationReason.NUMERICAL_ERROR: "ERROR",
+    mathopt.TerminationReason.OTHER_ERROR: "ERROR",
+}
+SOLVERS = {"scip": mathopt.SolverType.GSCIP, "highs": mathopt.SolverType.HIGHS}
+
+
+def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, linearization: str,
+              hint: list[np.ndarray] | None, mip_solver: str = "scip"):
+    if mip_solver not in SOLVERS:
+        raise ValueError(f"mip_solver={mip_solver!r} must be one of {sorted(SOLVERS)}")
+    method = choose_linearization(red, linearization)
+    m = mathopt.Model(name="channels")
+    P = red.prunable
+    sizes = problem.sizes
+    x = {g: [m.add_binary_variable(name=f"x{g}_{a}") for a in range(sizes[g])] for g in P}
+    N = {g: mathopt.fast_sum(x[g]) for g in P}
+    digits: dict[int, list] = {}  # g -> [(value weight, binary var)]
+    for g in P:
+        allowed = problem.allowed_counts(g)
+        if problem.round_to[g]:
+            lam = [m.add_binary_variable(name=f"l{g}_{v}") for v in allowed]
+            m.add_linear_constraint(mathopt.fast_sum(lam) == 1)
+            m.add_linear_constraint(N[g] == mathopt.fast_sum(v * l for v, l in zip(allowed, lam)))
+            digits[g] = list(zip(allowed, lam))
+        else:
+            m.add_linear_constraint(N[g] >= allowed[0])
+            bits = [m.add_binary_variable(name=f"b{g}_{k}") for k in range(max(1, math.ceil(math.log2(sizes[g] + 1))))]
+            m.add_linear_constraint(N[g] == mathopt.fast_sum((2 ** k) * b for k, b in enumerate(bits)))
+            digits[g] = [(2 ** k, b) for k, b in enumerate(bits)]
+    products = {}
+
+    def product(g: int, h: int):
+        if (g, h) not in products:
+            U = sizes[h]
+            terms = []
+            for val, b in digits[g]:
+                w = m.add_variable(lb=0.0, ub=U)
+                m.add_linear_constraint(w >= N[h] - U * (1 - b))
+                terms.append(val * w)
+            products[(g, h)] = mathopt.fast_sum(terms)
+        return products[(g, h)]
+
+    frozen = problem.frozen
+    for c in problem.constraints:
+        expr, const = [], c.cost.constant
+        for (g, h), v in c.cost.bilinear.items():
+            if frozen[g] and frozen[h]:
+                const += v * sizes[g] * sizes[h]
+            elif frozen[g] or frozen[h]:
+                other, fixed = (h, g) if frozen[g] else (g, h)
+                expr.append(v * sizes[fixed] * N[other])
+            else:
+                expr.append(v * product(g, h))
+        for g, v in c.cost.linear.items():
+            if frozen[g]:
+                const += v * sizes[g]
+            else:
+                expr.append(v * N[g])
+        m.add_linear_constraint(mathopt.fast_sum(expr) <= c.budget - const)
+
+    obj = []
+    for g, w in red.linear.items():
+        obj += [float(c) * x[g][a] for a, c in enumerate(w) if c]
+    for pr in red.pairs:
+        W = pr.W
+        if method == "pairwise":
+            for a, b in zip(*np.nonzero(W)):
+                if pr.g == pr.h and a >= b:
+                    continue
+                y = m.add_variable(lb=0.0, ub=1.0)
+                m.add_linear_constraint(y <= x[pr.g][a])
+                m.add_linear_constraint(y <= x[pr.h][b])
+                obj.append((2.0 if pr.g == pr.h else 1.0) * float(W[a, b]) * y)
+        else:
+            rg, cg, Wi = (pr.g, pr.h, W) if W.shape[0] <= W.shape[1] else (pr.h, pr.g, W.T)
+            for a in range(Wi.shape[0]):
+                row = Wi[a]
+                M = float(row.sum())
+                if M <= 0:
+                    continue
+                z = m.add_variable(lb=0.0, ub=M)
+                m.add_linear_constraint(z <= M * x[rg][a])
+                nz = np.flatnonzero(row)
+                m.add_linear_constraint(z <= mathopt.fast_sum(float(row[b]) * x[cg][b] for b in nz))
+                obj.append(z)
+    m.maximize(mathopt.fast_sum(obj))
+    params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=max(time_limit, 0.0)), random_seed=int(seed))
+    if mip_solver == "scip":
+        params.threads = 1  # MathOpt's HiGHS rejects the threads parameter
+    mparams = None
+    if hint is not None:
+        values = {v: float(hint[g][a]) for g in P for a, v in enumerate(x[g])}
+        mparams = mathopt.ModelSolveParameters(solution_hints=[mathopt.SolutionHint(variable_values=values)])
+    info = {"linearization": method, "mip_solver": mip_solver, "variables": len(list(m.variables()))}
+    try:
+        result = mathopt.solve(m, SOLVERS[mip_solver], params=params, model_params=mparams)
+    except Exception as e:  # MathOpt's HiGHS hides the real error in __context__
+        cause = e.__context__ or e
+        info["native_status"] = f"{type(e).__name__}: {e} ({cause})"
+        return "ERROR", None, None, info
+    name = MATHOPT_STATUS.get(result.termination.reason, "ERROR")
+    info["native_status"] = str(result.termination.reason)
+    masks, bound = None, None
+    if result.has_primal_feasible_solution():
+        vals = result.variable_values()
+        masks = [np.ones(s, dtype=bool) for s in sizes]
+        for g in P:
+            masks[g] = np.array([vals[v] > 0.5 for v in x[g]], dtype=bool)
+        if name == "NO_SOLUTION":
+            name = "FEASIBLE"
+    dual = result.termination.objective_bounds.dual_bound
+    if masks is not None and math.isfinite(dual):
+        bound = red.constant + dual + 1e-9 * max(1.0, abs(dual))  # solver tolerance
+    return name, masks, bound, info

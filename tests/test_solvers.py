@@ -1,0 +1,180 @@
+"""Solver back-ends on random small problems: exactness against exhaustive search, budgets,
+bounds, statuses, determinism and errors (torch-free)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qcqp_prune.solvers import (BilinearTerm, ChannelProblem, InfeasibleBudgetError, LinearTerm,
+                                QuadraticCost, ResourceConstraint, Status, smallest_costs, solve_channels)
+from qcqp_prune.solvers.cpsat import CPSAT_STATUS
+from qcqp_prune.solvers.mip import MATHOPT_STATUS
+
+
+@st.composite
+def problems(draw, max_channels: int = 11):
+    """Chains, residual groups shared by several layers, concat-like layers reading two
+    groups, squares (g == h), frozen groups, min_keep / round_to, 1-2 budgets."""
+    n = draw(st.integers(2, 5))
+    sizes = [draw(st.integers(1, 4)) for _ in range(n)]
+    while sum(sizes) > max_channels:
+        sizes[int(np.argmax(sizes))] -= 1
+    frozen = [draw(st.booleans()) if g == 0 else draw(st.sampled_from([False, False, False, True])) for g in range(n)]
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    structure = draw(st.sampled_from(["chain", "residual", "concat", "square"]))
+    pairs = [(g + 1, g) for g in range(n - 1)]  # layer g+1 reads group g
+    if structure == "residual":
+        pairs += [(n - 1, 0), (0, 0) if n > 2 else (1, 0)]
+    elif structure == "concat" and n >= 3:
+        pairs += [(n - 1, 0), (n - 1, 1)]
+    elif structure == "square":
+        pairs += [(1, 1)]
+    bil = [BilinearTerm(g, h, rng.random((sizes[g], sizes[h])) * (rng.random((sizes[g], sizes[h])) > 0.2))
+           for g, h in pairs]
+    lin = [LinearTerm(g, rng.random(sizes[g])) for g in range(n) if rng.random() < 0.4]
+    min_keep = [int(rng.integers(1, s + 1)) if rng.random() < 0.3 else 1 for s in sizes]
+    round_to = [int(rng.integers(2, 3)) if rng.random() < 0.2 else None for _ in sizes]
+    constraints = []
+    for r in range(draw(st.integers(1, 2))):
+        cb = {}
+        for g, h in pairs:
+            key = (min(g, h), max(g, h))
+            cb[key] = cb.get(key, 0.0) + float(rng.integers(1, 10))
+        cl = {g: float(rng.integers(0, 5)) for g in range(n)}
+        cost = QuadraticCost(cb, cl, float(rng.integers(0, 20)))
+        probe = ChannelProblem(tuple(sizes), tuple(frozen), tuple(min_keep), tuple(round_to))
+        lo, hi = cost.evaluate(probe.min_counts()), cost.evaluate(sizes)
+        frac = draw(st.floats(0.0, 1.0))
+        constraints.append(ResourceConstraint(f"r{r}", cost, lo + frac * (hi - lo)))
+    return ChannelProblem(tuple(sizes), tuple(frozen), tuple(min_keep), tuple(round_to), tuple(bil),
+                          tuple(lin), float(rng.random()), tuple(constraints))
+
+
+SETTINGS = settings(max_examples=220, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@SETTINGS
+@given(problems())
+def test_backends_find_the_exhaustive_optimum_and_never_break_a_budget(problem):
+    best = solve_channels(problem, "exhaustive")
+    assert best.status is Status.OPTIMAL and best.gap == 0.0
+    assert problem.feasible(best.masks)
+    for name in ("cpsat", "greedy"):
+        sol = solve_channels(problem, name, time_limit=10.0)
+        assert problem.feasible(sol.masks), name
+        for c in problem.constraints:
+            assert sol.costs[c.name] <= c.budget * (1 + 1e-12) + 1e-9
+        assert sol.objective <= best.objective * (1 + 1e-9) + 1e-9, name
+        if sol.bound is not None:
+            assert sol.bound >= best.objective * (1 - 1e-9) - 1e-9, f"{name} bound below the optimum"
+        assert (sol.gap == 0.0) <= (sol.status is Status.OPTIMAL)
+        if name == "cpsat":
+            assert sol.status is Status.OPTIMAL
+            assert sol.objective == pytest.approx(best.objective, rel=1e-6, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_relaxation_bound_is_at_least_the_optimum(problem):
+    best = solve_channels(problem, "exhaustive")
+    sol = solve_channels(problem, "relaxation")
+    assert sol.bound >= best.objective * (1 - 1e-9) - 1e-9
+    assert problem.feasible(sol.masks) and (sol.gap == 0.0) <= (sol.status is Status.OPTIMAL)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_mip_finds_the_exhaustive_optimum(problem):
+    best = solve_channels(problem, "exhaustive")
+    for kwargs in ({}, {"mip_solver": "highs"}):
+        sol = solve_channels(problem, "mip", time_limit=10.0, **kwargs)
+        assert problem.feasible(sol.masks)
+        assert sol.objective == pytest.approx(best.objective, rel=1e-6, abs=1e-9)
+        assert sol.bound >= best.objective * (1 - 1e-9) - 1e-9
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from(["pairwise", "glover"]))
+def test_both_linearizations_are_exact(problem, lin):
+    best = solve_channels(problem, "exhaustive")
+    sol = solve_channels(problem, "cpsat", linearization=lin)
+    assert sol.details["linearization"] == lin
+    assert sol.objective == pytest.approx(best.objective, rel=1e-6, abs=1e-9)
+
+
+def _layered(seed: int = 0, size: int = 24, n: int = 5, frac: float = 0.5) -> ChannelProblem:
+    rng = np.random.default_rng(seed)
+    bil = [BilinearTerm(g + 1, g, rng.random((size, size))) for g in range(n - 1)]
+    cost = QuadraticCost({(g, g + 1): 9.0 for g in range(n - 1)}, {g: 1.0 for g in range(n)})
+    frozen = (True,) + (False,) * (n - 2) + (True,)
+    p = ChannelProblem((size,) * n, frozen, bilinear=tuple(bil))
+    full = cost.evaluate(p.sizes)
+    return ChannelProblem((size,) * n, frozen, bilinear=tuple(bil),
+                          constraints=(ResourceConstraint("flops", cost, frac * full),))
+
+
+def test_time_limit_returns_best_feasible_plan_with_gap():
+    p = _layered(size=48, n=6)
+    sol = solve_channels(p, "cpsat", time_limit=1.0)
+    assert sol.status is Status.FEASIBLE and sol.stop_reason == "time_limit"
+    assert sol.bound is not None and sol.gap > 0 and p.feasible(sol.masks)
+
+
+def test_zero_time_limit_falls_back_to_greedy_with_a_warning():
+    p = _layered()
+    with pytest.warns(RuntimeWarning, match="greedy"):
+        sol = solve_channels(p, "cpsat", time_limit=0.0)
+    assert sol.status is Status.FEASIBLE and sol.gap is None and p.feasible(sol.masks)
+
+
+def test_same_seed_same_masks():
+    p = _layered(size=32)
+    a = solve_channels(p, "cpsat", time_limit=2.0, seed=3)
+    b = solve_channels(p, "cpsat", time_limit=2.0, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
+    g1, g2 = solve_channels(p, "greedy"), solve_channels(p, "greedy")
+    assert all(np.array_equal(x, y) for x, y in zip(g1.masks, g2.masks))
+
+
+def test_infeasible_budget_states_the_smallest_cost():
+    p = _layered(frac=0.5)
+    small = smallest_costs(p)["flops"]
+    tight = ChannelProblem(p.sizes, p.frozen, bilinear=p.bilinear,
+                           constraints=(ResourceConstraint("flops", p.constraints[0].cost, small * 0.9),))
+    with pytest.raises(InfeasibleBudgetError, match=f"smallest achievable flops is {small:.6g}") as e:
+        solve_channels(tight, "greedy")
+    assert e.value.smallest == pytest.approx(small) and e.value.resource == "flops"
+
+
+def test_bad_inputs_raise_clear_errors():
+    p = _layered()
+    with pytest.raises(ValueError, match="solver='gurobi' is not a known back-end"):
+        solve_channels(p, "gurobi")
+    with pytest.raises(ValueError, match="time_limit"):
+        solve_channels(p, "cpsat", time_limit=float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ChannelProblem((2, 2), bilinear=(BilinearTerm(1, 0, np.array([[1.0, np.nan], [0, 1]])),))
+    with pytest.raises(ValueError, match="negative"):
+        ChannelProblem((2,), linear=(LinearTerm(0, np.array([-1.0, 1.0])),))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\); expected \(2, 2\)"):
+        ChannelProblem((2, 2), bilinear=(BilinearTerm(1, 0, np.ones((2, 3))),))
+    with pytest.raises(ValueError, match="budget flops=-1 is negative"):
+        ChannelProblem((2,), constraints=(ResourceConstraint("flops", QuadraticCost({}, {0: 1.0}), -1),))
+    with pytest.raises(ValueError, match="linearization"):
+        solve_channels(p, "cpsat", linearization="mccormick")
+
+
+def test_status_tables_cover_every_native_status():
+    from ortools.math_opt.python import mathopt
+    from ortools.sat.python import cp_model
+    assert set(CPSAT_STATUS) == {cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.INFEASIBLE,
+                                 cp_model.UNKNOWN, cp_model.MODEL_INVALID}
+    assert {s for s in mathopt.TerminationReason} <= set(MATHOPT_STATUS)
+    assert set(CPSAT_STATUS.values()) | set(MATHOPT_STATUS.values()) <= {s.value for s in Status}
