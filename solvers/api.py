@@ -105,6 +105,10 @@ def solve_channels(
         bound, info = relaxation_bound(problem, red, linearization=linearization, **options)
         return _finish(problem, greedy, Status.FEASIBLE, bound, "heuristic plan, relaxation bound", t0,
                        "relaxation", info.pop("version"), seed, info)
+    count, count_info = None, {}
+    if options.pop("count_bound", False):  # opt-in: see solvers/bounds.py for measurements
+        from .bounds import count_bound
+        count, count_info = count_bound(problem, red, time_limit=min(5.0, 0.2 * time_limit), seed=seed)
     remaining = max(0.0, time_limit - (time.perf_counter() - t0))
     if solver == "cpsat":
         from .cpsat import solve_cpsat
@@ -116,7 +120,10 @@ def solve_channels(
         name, masks, bound, info = solve_mip(problem, red, time_limit=remaining, seed=seed,
                                              linearization=linearization, hint=greedy, **options)
         backend = f"mip-{info.get('mip_solver', 'scip')}"
-    details = {**info, "greedy_objective": problem.objective(greedy)}
+    details = {**info, **count_info, "greedy_objective": problem.objective(greedy),
+               "bounds": {backend: bound, "count": count}}
+    if count is not None:
+        bound = count if bound is None else min(bound, count)
     if masks is not None and problem.feasible(masks):
         if problem.objective(masks) < problem.objective(greedy):
             masks = greedy  # the warm start was better than what the solver returned

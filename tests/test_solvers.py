@@ -178,3 +178,34 @@ def test_status_tables_cover_every_native_status():
                                  cp_model.UNKNOWN, cp_model.MODEL_INVALID}
     assert {s for s in mathopt.TerminationReason} <= set(MATHOPT_STATUS)
     assert set(CPSAT_STATUS.values()) | set(MATHOPT_STATUS.values()) <= {s.value for s in Status}
+
+
+def test_count_tables_bound_every_submatrix():
+    import itertools
+    from qcqp_prune.solvers.bounds import pair_table
+    rng = np.random.default_rng(0)
+    W = rng.random((4, 5))
+    T = pair_table(W)
+    for m in range(5):
+        for k in range(6):
+            best = max(W[np.ix_(r, c)].sum() for r in itertools.combinations(range(4), m)
+                       for c in itertools.combinations(range(5), k)) if m and k else 0.0
+            assert T[m, k] >= best - 1e-12
+    S = rng.random((5, 5))
+    S = (S + S.T) / 2
+    np.fill_diagonal(S, 0)
+    T = pair_table(S, square=True)
+    for m in range(6):
+        best = max((S[np.ix_(r, r)].sum() for r in itertools.combinations(range(5), m)), default=0.0)
+        assert T[m] >= best - 1e-12
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_count_bound_is_at_least_the_optimum(problem):
+    best = solve_channels(problem, "exhaustive")
+    sol = solve_channels(problem, "cpsat", count_bound=True)
+    count = sol.details["bounds"]["count"]
+    if count is not None:
+        assert count >= best.objective * (1 - 1e-9) - 1e-9
+    assert sol.bound >= best.objective * (1 - 1e-9) - 1e-9
