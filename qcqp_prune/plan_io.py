@@ -1,0 +1,241 @@
+"""Pruning plans as versioned JSON (DESIGN.md section 7).
+
+``save_plan`` validates strictly against the shipped JSON Schema (2020-12) and writes
+atomically (temporary file + ``os.replace``). ``load_plan`` refuses an unknown format or a
+newer MAJOR version, reads a newer MINOR version leniently (unknown fields ignored), and
+checks what a schema cannot (indices in range, no duplicates, no empty group, consistent
+layer lists). Every problem raises :class:`PlanFormatError` naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from .budget import Budget
+from .plan import PruningPlan
+
+FORMAT = "qcqp-prune/plan"
+VERSION = (1, 0)
+
+
+class PlanFormatError(ValueError):
+    """A plan file that is not valid JSON, not a plan, or inconsistent; names the field."""
+
+
+@lru_cache(maxsize=1)
+def plan_schema() -> dict:
+    return json.loads(resources.files("qcqp_prune").joinpath("schemas/plan.schema.json").read_text())
+
+
+def _lenient(schema: Any) -> Any:
+    """The schema with every ``additionalProperties: false`` lifted (for newer minor versions)."""
+    if isinstance(schema, dict):
+        return {k: _lenient(v) for k, v in schema.items()
+                if not (k == "additionalProperties" and v is False)}
+    if isinstance(schema, list):
+        return [_lenient(v) for v in schema]
+    return schema
+
+
+def _validate(doc: Any, lenient: bool = False) -> None:
+    from jsonschema import Draft202012Validator
+    schema = _lenient(plan_schema()) if lenient else plan_schema()
+    errors = sorted(Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
+        raise PlanFormatError(f"invalid plan: {path or '<top level>'}: {e.message}")
+
+
+def _encode(idx: list[int], size: int, encoding: str) -> Any:
+    if encoding == "indices":
+        return [int(i) for i in idx]
+    bits = np.zeros(size, dtype=bool)
+    bits[np.asarray(idx, dtype=np.int64)] = True
+    return {"bitmap": base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")}
+
+
+def _decode(value: Any, size: int, where: str) -> np.ndarray:
+    if isinstance(value, dict):
+        try:
+            raw = np.frombuffer(base64.b64decode(value["bitmap"], validate=True), dtype=np.uint8)
+        except Exception as e:
+            raise PlanFormatError(f"invalid plan: {where}: bitmap is not valid base64 ({e})") from e
+        bits = np.unpackbits(raw).astype(bool)
+        if len(bits) < size or bits[size:].any():
+            raise PlanFormatError(f"invalid plan: {where}: bitmap does not match size {size}")
+        idx = np.flatnonzero(bits[:size])
+    else:
+        idx = np.asarray(value, dtype=np.int64)
+        for i, v in enumerate(idx):
+            if not 0 <= v < size:
+                raise PlanFormatError(f"invalid plan: {where}[{i}]: index {v} out of range for size {size}")
+        if len(np.unique(idx)) != len(idx):
+            dup = [int(v) for v in idx if (idx == v).sum() > 1][0]
+            raise PlanFormatError(f"invalid plan: {where}: index {dup} appears more than once")
+    if len(idx) == 0:
+        raise PlanFormatError(f"invalid plan: {where}: keeps no channel (an empty group)")
+    return idx
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    return x
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+    out = {"qcqp_prune": __version__, "python": platform.python_version()}
+    for mod in ("torch", "ortools", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out
+
+
+def plan_to_dict(plan: PruningPlan, encoding: str = "indices") -> dict[str, Any]:
+    """The JSON document of ``plan`` (``encoding``: ``"indices"`` or compact ``"bitmap"``)."""
+    if encoding not in ("indices", "bitmap"):
+        raise ValueError(f"encoding={encoding!r} must be 'indices' or 'bitmap'")
+    groups = []
+    for name, mask in zip(plan.group_names, plan.masks):
+        groups.append({"name": name, "size": int(len(mask)), "kept": _encode(np.flatnonzero(mask).tolist(), len(mask), encoding)})
+    if plan.graph is not None:
+        for entry, g in zip(groups, plan.graph.groups):
+            entry["frozen"] = g.frozen
+    layers = {}
+    for name, entry in plan.layers.items():
+        e = {"kind": entry["kind"], "weight": entry["weight"], "out_size": entry["out_size"],
+             "out": _encode(entry["out"], entry["out_size"], encoding)}
+        if "in" in entry:
+            e["in_size"] = entry["in_size"]
+            e["in"] = _encode(entry["in"], entry["in_size"], encoding)
+        layers[name] = e
+    details = {k: v for k, v in plan.solver_details.items() if k not in ("backend", "backend_version")}
+    doc = {
+        "format": FORMAT,
+        "format_version": f"{VERSION[0]}.{VERSION[1]}",
+        "model": {"fingerprint": plan.fingerprint, "input_shapes": [list(s) for s in plan.input_shapes]},
+        "groups": groups,
+        "layers": layers,
+        "budget": plan.budget.to_dict(),
+        "limits": plan.limits,
+        "cost": plan.cost,
+        "full_cost": plan.full_cost,
+        "latency_model": plan.latency_model,
+        "solver": {"name": plan.solver, "backend": str(plan.solver_details.get("backend", plan.solver)),
+                   "backend_version": str(plan.solver_details.get("backend_version", "")),
+                   "status": plan.status, "objective": plan.objective, "bound": plan.bound, "gap": plan.gap,
+                   "stop_reason": plan.stop_reason, "wall_time": plan.wall_time, "seed": plan.seed,
+                   "importance": plan.importance, "details": details},
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return _plain(doc)
+
+
+def save_plan(plan: PruningPlan, path: str | os.PathLike, *, encoding: str = "indices") -> None:
+    """Validate and write ``plan`` to ``path`` atomically (no half-written file on failure)."""
+    doc = plan_to_dict(plan, encoding)
+    _validate(doc)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".json.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plan_from_dict(doc: Any) -> PruningPlan:
+    """Check ``doc`` (format, version, schema, semantics) and build the plan (no graph)."""
+    if not isinstance(doc, dict):
+        raise PlanFormatError(f"invalid plan: the top level must be an object, got {type(doc).__name__}")
+    if doc.get("format") != FORMAT:
+        raise PlanFormatError(f"invalid plan: format: expected {FORMAT!r}, got {doc.get('format')!r}")
+    version = str(doc.get("format_version", ""))
+    try:
+        major, minor = (int(v) for v in version.split("."))
+    except ValueError:
+        raise PlanFormatError(f"invalid plan: format_version: {version!r} is not MAJOR.MINOR") from None
+    if major != VERSION[0]:
+        raise PlanFormatError(f"invalid plan: format_version: {version} is not supported (this is "
+                              f"qcqp-prune plan format {VERSION[0]}.x); upgrade qcqp-prune")
+    _validate(doc, lenient=minor > VERSION[1])
+    masks, names = [], []
+    for i, g in enumerate(doc["groups"]):
+        idx = _decode(g["kept"], g["size"], f"groups[{i}].kept")
+        m = np.zeros(g["size"], dtype=bool)
+        m[idx] = True
+        masks.append(m)
+        names.append(g["name"])
+    if len(set(names)) != len(names):
+        raise PlanFormatError("invalid plan: groups: two groups have the same name")
+    layers = {}
+    for name, e in doc["layers"].items():
+        entry = {"kind": e["kind"], "weight": e["weight"], "out_size": e["out_size"],
+                 "out": _decode(e["out"], e["out_size"], f"layers.{name}.out").tolist()}
+        if "in" in e:
+            if "in_size" not in e:
+                raise PlanFormatError(f"invalid plan: layers.{name}: 'in' needs 'in_size'")
+            entry["in_size"] = e["in_size"]
+            entry["in"] = _decode(e["in"], e["in_size"], f"layers.{name}.in").tolist()
+        layers[name] = entry
+    s = doc["solver"]
+    return PruningPlan(
+        masks=masks, group_names=names, fingerprint=doc["model"]["fingerprint"],
+        input_shapes=[tuple(x) for x in doc["model"]["input_shapes"]], status=s["status"],
+        objective=s["objective"], bound=s["bound"], gap=s["gap"], cost=doc["cost"], full_cost=doc["full_cost"],
+        budget=Budget.from_dict(doc["budget"]), limits=doc["limits"], importance=s["importance"],
+        solver=s["name"], seed=s["seed"], wall_time=s["wall_time"], stop_reason=s.get("stop_reason"),
+        solver_details={"backend": s.get("backend"), "backend_version": s.get("backend_version"),
+                        **s.get("details", {})},
+        layers=layers, latency_model=doc.get("latency_model"), graph=None)
+
+
+def load_plan(path: str | os.PathLike) -> PruningPlan:
+    """Read and check a plan file; see :func:`plan_from_dict`."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"plan file {os.fspath(path)!r} does not exist") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        body = text.strip()
+        opened = body[:1] in ("{", "[") and body[-1:] not in ("}", "]")
+        what = "truncated" if opened or e.pos >= len(body) else "not valid JSON"
+        raise PlanFormatError(f"invalid plan: {os.fspath(path)!r} is {what} (line {e.lineno}, column "
+                              f"{e.colno}: {e.msg})") from None
+    try:
+        return plan_from_dict(doc)
+    except ValueError as e:  # Budget.from_dict and friends
+        if isinstance(e, PlanFormatError):
+            raise
+        raise PlanFormatError(f"invalid plan: {e}") from e
