@@ -1,0 +1,35 @@
+"""Each benchmark runs end to end on its smallest setting, so the scripts cannot rot."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+
+def rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_solver_benchmark_smoke(tmp_path):
+    import solvers as bench_solvers
+    out = str(tmp_path / "solvers")
+    bench_solvers.main(["--models", "resnet20", "--budgets", "0.5", "--time-limit", "2",
+                        "--methods", "cpsat,greedy,uniform-l1", "--out", out])
+    r = rows(out + ".csv")
+    assert {x["method"] for x in r} == {"cpsat", "greedy", "uniform-l1"}
+    assert all(float(x["budget used"].rstrip("%")) <= 100.0 for x in r)
+    assert os.path.exists(out + ".md")
+
+
+def test_accuracy_benchmark_smoke(tmp_path):
+    import accuracy
+    out = str(tmp_path / "accuracy")
+    accuracy.main(["--smoke", "--models", "cnn", "--methods", "greedy,uniform-l1", "--out", out])
+    r = rows(out + ".csv")
+    assert {x["method"] for x in r} >= {"greedy", "uniform-l1", "unpruned"}
+    assert os.path.exists(out + ".png")
