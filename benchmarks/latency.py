@@ -241,7 +241,7 @@ def main(argv=None) -> int:
                      f"| {r['profile_s'] + r['measure_s'] * (1 + args.calibrate) / (1 + args.calibrate + args.heldout):.0f} "
                      f"| {r['full_ms']:.2f} | **{r['mape']:.1%}** | **{r['within10']:.0%}** "
                      f"| {r['flops_mape']:.1%} | {r['flops_within10']:.0%} |")
-    lines += ["", f"Fitted global terms (T = scale·Σlayers + op_scale·Σops + constant):", "",
+    lines += ["", "Fitted global terms (T = scale·Σlayers + op_scale·Σops + constant):", "",
               "| model | scale | op_scale | constant ms | calibration MAPE |", "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['scale']:.3f} | {r['op_scale']:.3f} | {r['constant']:.2f} "

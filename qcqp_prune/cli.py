@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 
 class UsageError(Exception):

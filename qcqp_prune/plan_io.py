@@ -10,7 +10,6 @@ layer lists). Every problem raises :class:`PlanFormatError` naming the field.
 from __future__ import annotations
 
 import base64
-import copy
 import datetime as _dt
 import json
 import math

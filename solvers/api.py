@@ -17,7 +17,7 @@ import numpy as np
 import ortools
 
 from .problem import ChannelProblem
-from .reduced import Reduced, reduce_problem
+from .reduced import reduce_problem
 from .result import Solution, Status, check_feasible_budgets, relative_gap
 
 

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 from ortools.sat.python import cp_model
 
-from .linearize import choose_linearization, integer_cost, nonzeros, objective_scale
+from .linearize import (choose_linearization, glover_rows, integer_cost, nonzeros, objective_scale,
+                        pairwise_entries)
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -71,33 +72,26 @@ def build_cpsat(problem: ChannelProblem, red: Reduced, linearization: str):
         terms += [int(c) * x[g][a] for a, c in enumerate(iw) if c]
         slack += 0.5 * np.count_nonzero(w)
     for pr in red.pairs:
-        W = pr.W
         if method == "pairwise":
-            for a, b in zip(*np.nonzero(W)):
-                if pr.g == pr.h and a >= b:
-                    continue
-                coef = int(np.rint((2.0 if pr.g == pr.h else 1.0) * W[a, b] * S))
+            for a, b, w in pairwise_entries(pr):
+                coef = int(np.rint(w * S))
                 if coef <= 0:
                     continue
                 y = model.NewBoolVar("")
                 model.AddImplication(y, x[pr.g][a])
                 model.AddImplication(y, x[pr.h][b])
                 terms.append(coef * y)
-            slack += 0.5 * np.count_nonzero(W)
         else:
-            rows_g, cols_g, Wi = (pr.g, pr.h, W) if W.shape[0] <= W.shape[1] else (pr.h, pr.g, W.T)
-            IW = np.rint(Wi * S).astype(np.int64)
-            for a in range(IW.shape[0]):
-                row = IW[a]
-                M = int(row.sum())
+            for rg, cg, a, row in glover_rows(pr):
+                irow = np.rint(row * S).astype(np.int64)
+                M = int(irow.sum())
                 if M <= 0:
                     continue
                 z = model.NewIntVar(0, M, "")
-                model.Add(z <= M * x[rows_g][a])
-                nz = np.flatnonzero(row)
-                model.Add(z <= sum(int(row[b]) * x[cols_g][b] for b in nz))
+                model.Add(z <= M * x[rg][a])
+                model.Add(z <= sum(int(irow[b]) * x[cg][b] for b in np.flatnonzero(irow)))
                 terms.append(z)
-            slack += 0.5 * np.count_nonzero(W)
+        slack += 0.5 * np.count_nonzero(pr.W)
     model.Maximize(sum(terms))
     info = {"linearization": method, "resolution": 1.0 / S, "nonzero_weights": nonzeros(red),
             "variables": len(model.Proto().variables), "constraints": len(model.Proto().constraints)}

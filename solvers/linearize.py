@@ -4,11 +4,12 @@ the choice between the pairwise and the Glover linearization of ``x_g^T W x_h``.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 
 from .problem import ChannelProblem
-from .reduced import Reduced
+from .reduced import Pair, Reduced
 
 PAIRWISE_LIMIT = 20_000  # nonzero weights; above it "auto" picks Glover
 
@@ -37,11 +38,29 @@ def cost_scale(problem: ChannelProblem, r: int, target: float = 2.0 ** 50) -> fl
     return target / max(full, c.budget, 1e-300)
 
 
-def integer_cost(problem: ChannelProblem, r: int):
-    """Cost ``r`` as integers with frozen groups folded in: exact when every coefficient is
-    already an integer (FLOPs, parameters), otherwise scaled with coefficients rounded up and
-    the budget rounded down, so an integer-feasible point is feasible in real numbers.
-    Returns (bilinear, linear, constant, budget)."""
+def pairwise_entries(pr: Pair) -> Iterator[tuple[int, int, float]]:
+    """``(a, b, weight)`` per product ``x_g[a] x_h[b]`` of the pairwise linearization; a term
+    of a group with itself counts each unordered pair once with twice the weight."""
+    W = pr.W
+    for a, b in zip(*np.nonzero(W)):
+        if pr.g == pr.h and a >= b:
+            continue
+        yield int(a), int(b), (2.0 if pr.g == pr.h else 1.0) * float(W[a, b])
+
+
+def glover_rows(pr: Pair) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """``(row group, column group, row, weights)`` per variable of the Glover linearization,
+    oriented so that the smaller side gets the variables."""
+    W = pr.W
+    rg, cg, Wi = (pr.g, pr.h, W) if W.shape[0] <= W.shape[1] else (pr.h, pr.g, W.T)
+    for a in range(Wi.shape[0]):
+        if Wi[a].sum() > 0:
+            yield rg, cg, a, Wi[a]
+
+
+def folded_cost(problem: ChannelProblem, r: int) -> tuple[dict, dict, float]:
+    """Cost ``r`` over prunable groups only: terms touching frozen groups folded into linear
+    terms and the constant. Returns (bilinear, linear, constant) in real numbers."""
     c = problem.constraints[r]
     frozen, sizes = problem.frozen, problem.sizes
     bil: dict[tuple[int, int], float] = {}
@@ -61,6 +80,17 @@ def integer_cost(problem: ChannelProblem, r: int):
             const += v * sizes[g]
         else:
             lin[g] = lin.get(g, 0.0) + v
+    return bil, lin, const
+
+
+def integer_cost(problem: ChannelProblem, r: int):
+    """Cost ``r`` as integers with frozen groups folded in: exact when every coefficient is
+    already an integer (FLOPs, parameters), otherwise scaled with coefficients rounded up and
+    the budget rounded down, so an integer-feasible point is feasible in real numbers.
+    Returns (bilinear, linear, constant, budget)."""
+    c = problem.constraints[r]
+    bil, lin, const = folded_cost(problem, r)
+    sizes = problem.sizes
     values = [*bil.values(), *lin.values(), const]
     full = c.cost.evaluate(sizes)
     exact = all(float(v).is_integer() for v in values) and max(full, c.budget) < 2.0 ** 60

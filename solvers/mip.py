@@ -15,7 +15,7 @@ import math
 import numpy as np
 from ortools.math_opt.python import mathopt
 
-from .linearize import choose_linearization
+from .linearize import choose_linearization, folded_cost, glover_rows, pairwise_entries
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -69,48 +69,27 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
             products[(g, h)] = mathopt.fast_sum(terms)
         return products[(g, h)]
 
-    frozen = problem.frozen
-    for c in problem.constraints:
-        expr, const = [], c.cost.constant
-        for (g, h), v in c.cost.bilinear.items():
-            if frozen[g] and frozen[h]:
-                const += v * sizes[g] * sizes[h]
-            elif frozen[g] or frozen[h]:
-                other, fixed = (h, g) if frozen[g] else (g, h)
-                expr.append(v * sizes[fixed] * N[other])
-            else:
-                expr.append(v * product(g, h))
-        for g, v in c.cost.linear.items():
-            if frozen[g]:
-                const += v * sizes[g]
-            else:
-                expr.append(v * N[g])
+    for r, c in enumerate(problem.constraints):
+        bil, lin, const = folded_cost(problem, r)
+        expr = [v * product(g, h) for (g, h), v in bil.items()] + [v * N[g] for g, v in lin.items()]
         m.add_linear_constraint(mathopt.fast_sum(expr) <= c.budget - const)
 
     obj = []
     for g, w in red.linear.items():
         obj += [float(c) * x[g][a] for a, c in enumerate(w) if c]
     for pr in red.pairs:
-        W = pr.W
         if method == "pairwise":
-            for a, b in zip(*np.nonzero(W)):
-                if pr.g == pr.h and a >= b:
-                    continue
+            for a, b, w in pairwise_entries(pr):
                 y = m.add_variable(lb=0.0, ub=1.0)
                 m.add_linear_constraint(y <= x[pr.g][a])
                 m.add_linear_constraint(y <= x[pr.h][b])
-                obj.append((2.0 if pr.g == pr.h else 1.0) * float(W[a, b]) * y)
+                obj.append(w * y)
         else:
-            rg, cg, Wi = (pr.g, pr.h, W) if W.shape[0] <= W.shape[1] else (pr.h, pr.g, W.T)
-            for a in range(Wi.shape[0]):
-                row = Wi[a]
+            for rg, cg, a, row in glover_rows(pr):
                 M = float(row.sum())
-                if M <= 0:
-                    continue
                 z = m.add_variable(lb=0.0, ub=M)
                 m.add_linear_constraint(z <= M * x[rg][a])
-                nz = np.flatnonzero(row)
-                m.add_linear_constraint(z <= mathopt.fast_sum(float(row[b]) * x[cg][b] for b in nz))
+                m.add_linear_constraint(z <= mathopt.fast_sum(float(row[b]) * x[cg][b] for b in np.flatnonzero(row)))
                 obj.append(z)
     m.maximize(mathopt.fast_sum(obj))
     params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=max(time_limit, 0.0)), random_seed=int(seed))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 
-from .linearize import choose_linearization
+from .linearize import choose_linearization, folded_cost
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -20,33 +20,25 @@ from .reduced import Reduced
 def relaxation_bound(problem: ChannelProblem, red: Reduced, *, linearization: str = "auto",
                      cvxpy_solver: str = "CLARABEL") -> tuple[float, dict]:
     method = choose_linearization(red, linearization)
-    sizes, frozen = problem.sizes, problem.frozen
+    sizes = problem.sizes
     P = red.prunable
     x = {g: cp.Variable(sizes[g]) for g in P}
     cons = []
     for g in P:
-        lo, hi = problem.allowed_counts(g)[0], sizes[g]
+        lo = problem.allowed_counts(g)[0]
         cons += [x[g] >= 0, x[g] <= 1, cp.sum(x[g]) >= lo]
     N = {g: cp.sum(x[g]) for g in P}
     rng = {g: (problem.allowed_counts(g)[0], sizes[g]) for g in P}
-    for c in problem.constraints:
-        expr, const = 0, c.cost.constant
-        for (g, h), v in c.cost.bilinear.items():
-            if frozen[g] and frozen[h]:
-                const += v * sizes[g] * sizes[h]
-            elif frozen[g] or frozen[h]:
-                other, fixed = (h, g) if frozen[g] else (g, h)
-                expr = expr + v * sizes[fixed] * N[other]
-            else:
-                p = cp.Variable()
-                (lg, ug), (lh, uh) = rng[g], rng[h]
-                cons += [p >= lh * N[g] + lg * N[h] - lg * lh, p >= uh * N[g] + ug * N[h] - ug * uh]
-                expr = expr + v * p
-        for g, v in c.cost.linear.items():
-            if frozen[g]:
-                const += v * sizes[g]
-            else:
-                expr = expr + v * N[g]
+    for i, c in enumerate(problem.constraints):
+        bil, lin, const = folded_cost(problem, i)
+        expr = 0
+        for (g, h), v in bil.items():
+            p = cp.Variable()
+            (lg, ug), (lh, uh) = rng[g], rng[h]
+            cons += [p >= lh * N[g] + lg * N[h] - lg * lh, p >= uh * N[g] + ug * N[h] - ug * uh]
+            expr = expr + v * p
+        for g, v in lin.items():
+            expr = expr + v * N[g]
         if not isinstance(expr, (int, float)):
             cons.append(expr <= c.budget - const)
     obj = cp.Constant(0.0)

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 
-import qcqp_prune
 from qcqp_prune.solvers import (BACKENDS, BilinearTerm, ChannelProblem, QuadraticCost, ResourceConstraint,
                                 Status, solve_channels)
 

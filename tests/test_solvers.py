@@ -3,8 +3,6 @@ bounds, statuses, determinism and errors (torch-free)."""
 
 from __future__ import annotations
 
-import math
-import warnings
 
 import numpy as np
 import pytest
