@@ -121,8 +121,16 @@ def _raise_mismatch(shapes: dict, expected: dict) -> None:
 
 
 def layer_table(graph: ChannelGraph, masks: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Per prunable layer: kind, weight name, full sizes and kept positions of each axis."""
+    """Per prunable layer: kind, weight name, full sizes and kept positions of each axis, and
+    the FLOPs its calls cost before (``flops_full``) and after (``flops``) pruning."""
     res = {}
+    counts = [int(m.sum()) for m in masks]
+    module_of = {n.name: n.target for n in graph.graph_module.graph.nodes if n.op == "call_module"}
+    flops: dict[str, list[float]] = {}
+    for t in graph.flop_terms:
+        f = flops.setdefault(module_of.get(t.node, ""), [0.0, 0.0])
+        f[0] += t.coef * graph.segment_size(t.out, counts) * graph.segment_size(t.inp, counts)
+        f[1] += t.coef * graph.segment_size(t.out, graph.sizes()) * graph.segment_size(t.inp, graph.sizes())
     for layer in graph.layers:
         full_out = sum(graph.groups[s.group].size * s.block for s in layer.out)
         entry: dict[str, Any] = {"kind": layer.kind, "weight": layer.weight, "out_size": full_out,
@@ -130,6 +138,8 @@ def layer_table(graph: ChannelGraph, masks: Sequence[np.ndarray]) -> dict[str, d
         if layer.inp is not None:
             entry["in_size"] = sum(graph.groups[s.group].size * s.block for s in layer.inp)
             entry["in"] = graph.kept_indices(layer.inp, masks).tolist()
+        if layer.module in flops:
+            entry["flops"], entry["flops_full"] = flops[layer.module]
         res[layer.module] = entry
     return res
 

@@ -131,6 +131,9 @@ def plan_to_dict(plan: PruningPlan, encoding: str = "indices") -> dict[str, Any]
         if "in" in entry:
             e["in_size"] = entry["in_size"]
             e["in"] = _encode(entry["in"], entry["in_size"], encoding)
+        for k in ("flops", "flops_full"):
+            if k in entry:
+                e[k] = entry[k]
         layers[name] = e
     details = {k: v for k, v in plan.solver_details.items() if k not in ("backend", "backend_version")}
     doc = {
@@ -204,6 +207,9 @@ def plan_from_dict(doc: Any) -> PruningPlan:
                 raise PlanFormatError(f"invalid plan: layers.{name}: 'in' needs 'in_size'")
             entry["in_size"] = e["in_size"]
             entry["in"] = _decode(e["in"], e["in_size"], f"layers.{name}.in").tolist()
+        for k in ("flops", "flops_full"):
+            if k in e:
+                entry[k] = e[k]
         layers[name] = entry
     s = doc["solver"]
     return PruningPlan(

@@ -18,14 +18,18 @@ def _fmt(v: float) -> str:
 def plan_summary(plan: "PruningPlan") -> str:
     """Per layer: output / input channels before and after and the share of its weight kept;
     then every resource after / before / limit, and the solver result."""
-    rows = [("layer", "kind", "out", "in", "weight kept")]
+    rows = [("layer", "kind", "out", "in", "weight kept", "FLOPs share before -> after")]
+    total_full = plan.full_cost.get("flops") or 1.0
+    total_after = plan.cost.get("flops") or 1.0
     for name, e in plan.layers.items():
         out = f"{e['out_size']} -> {len(e['out'])}"
         inn = f"{e['in_size']} -> {len(e['in'])}" if "in" in e else "-"
         full = e["out_size"] * e.get("in_size", 1)
         kept = len(e["out"]) * (len(e["in"]) if "in" in e else 1)
-        rows.append((name, e["kind"], out, inn, f"{100 * kept / full:.1f}%"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        share = (f"{100 * e['flops_full'] / total_full:.1f}% -> {100 * e['flops'] / total_after:.1f}%"
+                 if "flops" in e else "-")
+        rows.append((name, e["kind"], out, inn, f"{100 * kept / full:.1f}%", share))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
