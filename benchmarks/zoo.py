@@ -1,13 +1,24 @@
 """Tracer coverage: how much of each network the channel tracer can prune, and why not the rest.
 
     python benchmarks/zoo.py          # the CI list of torchvision models + the CIFAR zoo
-    python benchmarks/zoo.py --all    # every torchvision classification model
+    python benchmarks/zoo.py --all    # every torchvision classification model + the CIFAR zoo
+
+For every model: the input it is traced on (the same as in tests/test_torchvision_models.py:
+batch 2, the smallest input the architecture accepts; the in-package CIFAR zoo at 32x32),
+the number of channel groups and of prunable ones, the prunable share of conv/linear weights
+(elements of conv/linear weights in layers with at least one prunable axis / all conv/linear
+weight elements), the number of frozen groups with their distinct reasons (shortened: op type
+and reason, with the number of groups frozen for it), and the trace time (median of 3).
+Writes ``benchmarks/results/zoo.csv`` and ``benchmarks/results/zoo.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime as _dt
 import os
+import platform
 import re
 import statistics
 import sys
@@ -17,76 +28,136 @@ from collections import Counter
 import torch
 import torchvision
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import qcqp_prune as qp  # noqa: E402
-from common import write  # noqa: E402
 from qcqp_prune import zoo  # noqa: E402
-from test_torchvision_models import CI_MODELS, NEEDS_224  # noqa: E402
+from test_torchvision_models import (  # noqa: E402
+    ALL_MODELS, BATCH, CI_MODELS, build, conv_linear_weights, prunable_share,
+)
+
+RESULTS = os.path.join(HERE, "results")
+ZOO_PREFIX = "zoo:"  # the in-package CIFAR networks (zoo:vgg16 is not torchvision's vgg16)
+
+HEADERS = ["model", "input", "groups", "prunable groups", "prunable conv/linear weights",
+           "conv/linear weights (M)", "frozen groups", "frozen reasons (groups)",
+           "trace s (median of 3)"]
 
 
-def build(name: str):
-    torch.manual_seed(0)
-    if name in zoo.MODELS:
-        return zoo.MODELS[name]().eval(), torch.randn(1, 3, 32, 32)
-    kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    model = torchvision.models.get_model(name, weights=None, **kw).eval()
-    size = 299 if name == "inception_v3" else 224 if name.startswith(NEEDS_224) else 64
-    return model, torch.randn(1, 3, size, size)
+def build_any(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    if name.startswith(ZOO_PREFIX):
+        torch.manual_seed(0)
+        model = zoo.MODELS[name[len(ZOO_PREFIX):]]().eval()
+        return model, torch.randn(BATCH, *zoo.INPUT_SHAPE[1:])
+    return build(name)
+
+
+_REASON = re.compile(r"^op `[^`]*`(?: \((?P<desc>[^)]*)\))?: (?P<why>.*)$", re.S)
 
 
 def short(reason: str) -> str:
-    r = re.sub(r"op `[^`]*` \(", "(", reason)
-    r = re.sub(r"\((?:[A-Za-z0-9_]+ )?[a-z0-9_.]+\)", lambda m: m.group(0).split(" ")[0].strip("(") , r)
-    return r.split(":")[-1].strip()[:60] if ":" in r else r[:60]
+    """'op `features_1_0_norm1` (LayerNorm features.1.0.norm1): LayerNorm normalizes over the
+    channel axis, so removing ...' -> 'LayerNorm: LayerNorm normalizes over the channel axis'."""
+    if reason.startswith(("network input", "network output", "frozen by the user")):
+        return reason.split(" `")[0].split(" (")[0]
+    m = _REASON.match(reason)
+    if not m:
+        return re.sub(r"\d+", "N", reason)[:70]
+    desc, why = m.group("desc") or "", m.group("why")
+    op = desc.split(" ")[0].rsplit(".", 1)[-1] if desc else ""
+    why = re.split(r";|, so | \(|: ", why)[0]
+    why = re.sub(r"\d+", "N", why).strip()
+    return f"{op}: {why}" if op else why
 
 
-def coverage(name: str) -> tuple:
-    model, x = build(name)
+def coverage(name: str, repeats: int = 3) -> list:
+    model, x = build_any(name)
     times, graph = [], None
-    for _ in range(3):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         graph = qp.trace(model, x)
         times.append(time.perf_counter() - t0)
-    params = dict(model.named_parameters())
-    total = prunable = 0
-    for layer in graph.layers:
-        n = params[layer.weight].numel()
-        total += n
-        segs = list(layer.out) + list(layer.inp or ())
-        if any(not graph.groups[s.group].frozen for s in segs):
-            prunable += n
-    # conv/linear weights the tracer did not record as layers (grouped convs, functional ops)
-    for mod in model.modules():
-        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and not any(
-                params[l.weight] is mod.weight for l in graph.layers):
-            total += mod.weight.numel()
-    reasons = Counter(short(r) for rs in graph.frozen_reasons.values() for r in rs
-                      if "network input" not in r and "network output" not in r)
-    top = "; ".join(f"{r} ({c})" for r, c in reasons.most_common(3)) or "-"
-    return (name, "x".join(map(str, x.shape[1:])), len(graph.groups), len(graph.prunable_groups),
-            f"{100 * prunable / max(total, 1):.1f}%", len(graph.groups) - len(graph.prunable_groups),
-            top, f"{statistics.median(times):.2f}")
+    per_reason = Counter(r for g in graph.groups if g.frozen for r in {short(x) for x in g.frozen_reasons})
+    reasons = "; ".join(f"{r} ({c})" for r, c in per_reason.most_common())
+    frozen = sum(g.frozen for g in graph.groups)
+    return [name, "x".join(map(str, x.shape)), len(graph.groups), len(graph.prunable_groups),
+            f"{100 * prunable_share(model, graph):.1f}%",
+            f"{sum(conv_linear_weights(model).values()) / 1e6:.2f}", frozen, reasons,
+            f"{statistics.median(times):.2f}"]
 
 
-def main(argv=None) -> None:
+def machine() -> str:
+    return (f"{platform.platform()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
+            f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, "
+            f"torchvision {torchvision.__version__}; "
+            f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
+
+
+def summary(rows: list[list]) -> list[str]:
+    ok = [r for r in rows if not str(r[1]).startswith("ERROR")]
+    shares = [float(r[4].rstrip("%")) for r in ok]
+    full = [r[0] for r in ok if r[4] == "100.0%"]
+    lowest = sorted(ok, key=lambda r: float(r[4].rstrip("%")))[:5]
+    slowest = max(ok, key=lambda r: float(r[8])) if ok else None
+    lines = [f"{len(ok)} of {len(rows)} models trace"
+             + (f" (errors: {', '.join(r[0] for r in rows if r not in ok)})" if len(ok) < len(rows) else "")
+             + "."]
+    if ok:
+        lines.append(f"{len(full)} of {len(ok)} are prunable in 100% of their conv/linear weights "
+                     f"(only the network input and output groups frozen where the reasons say so); "
+                     f"median share {statistics.median(shares):.1f}%; lowest: "
+                     + ", ".join(f"{r[0]} {r[4]}" for r in lowest) + ".")
+        lines.append(f"Slowest trace: {slowest[0]} {slowest[8]} s; median "
+                     f"{statistics.median(float(r[8]) for r in ok):.2f} s.")
+    return lines
+
+
+def write(rows: list[list], out: str, command: str) -> str:
+    base = out if os.path.isabs(out) else os.path.join(RESULTS, out)
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    with open(f"{base}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADERS)
+        w.writerows(rows)
+    md = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    text = "\n".join([
+        "# Tracer coverage", "",
+        f"Machine: {machine()}", "",
+        f"Command: `{command}`", "",
+        "Input: batch x channels x height x width, the smallest input each architecture accepts "
+        "(as in tests/test_torchvision_models.py); `zoo:` rows are the in-package CIFAR networks. "
+        "Prunable conv/linear weights: elements of conv/linear weights (Conv*d, Linear, "
+        "MultiheadAttention's in_proj) in layers with at least one prunable axis, over all of "
+        "them. Frozen reasons: op type and reason, shortened (N stands for a number), with the "
+        "number of frozen groups carrying it. Trace: `qcqp_prune.trace`, median of 3.", "",
+        *summary(rows), "",
+        *md, "",
+    ])
+    with open(f"{base}.md", "w") as f:
+        f.write(text)
+    return "\n".join(md)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--all", action="store_true")
-    ap.add_argument("--out", default="zoo")
+    ap.add_argument("--all", action="store_true", help="every torchvision classification model")
+    ap.add_argument("--out", default="zoo", help="results/<out>.csv and .md (default: zoo)")
+    ap.add_argument("--repeats", type=int, default=3, help="traces per model (median is reported)")
     a = ap.parse_args(argv)
-    names = sorted(torchvision.models.list_models(module=torchvision.models)) if a.all else CI_MODELS
+    names = [ZOO_PREFIX + n for n in zoo.MODELS] + (ALL_MODELS if a.all else CI_MODELS)
     rows = []
-    for n in list(zoo.MODELS) + names:
+    for n in names:
         try:
-            rows.append(coverage(n))
+            rows.append(coverage(n, a.repeats))
         except Exception as e:  # report, don't hide
-            rows.append((n, "-", "-", "-", "-", "-", f"ERROR {type(e).__name__}: {str(e)[:80]}", "-"))
+            rows.append([n, f"ERROR {type(e).__name__}: {str(e)[:120]}"] + ["-"] * (len(HEADERS) - 2))
         print(" | ".join(map(str, rows[-1])), flush=True)
-    headers = ["model", "input", "groups", "prunable groups", "prunable conv/linear weights",
-               "frozen groups", "top frozen reasons (count)", "trace s (median of 3)"]
-    print(write(a.out, "Tracer coverage", headers, rows,
-                notes="Prunable weights: elements of conv/linear weights with at least one prunable axis; "
-                      "network inputs/outputs (always frozen) are left out of the reasons."))
+    command = "python benchmarks/zoo.py" + (" --all" if a.all else "") + \
+        (f" --out {a.out}" if a.out != "zoo" else "")
+    write(rows, a.out, command)
+    print("\n".join(summary(rows)))
 
 
 if __name__ == "__main__":

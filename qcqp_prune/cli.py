@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import time
 from typing import Sequence
 
@@ -30,6 +31,8 @@ def load_model(spec: str):
         return model.eval()
     torch.manual_seed(0)  # factories draw random weights: same spec, same model, in every process
     mod, sep, name = spec.partition(":")
+    if not sep and (os.sep in spec or spec.endswith((".pt", ".pth", ".pkl"))):
+        raise UsageError(f"--model {spec!r}: no such file")
     if not sep or not name:
         raise UsageError(f"--model {spec!r}: use torchvision:NAME, zoo:NAME, package.module:factory "
                          f"or a path to a saved model")
@@ -68,28 +71,48 @@ def _inputs(args):
 
 
 def _progress(enabled: bool):
+    """Print the incumbent and bound to stderr whenever the solver reports an improvement (at
+    most 4 lines a second), and the final result."""
     if not enabled:
         return None
-    state = {"last": 0.0}
+    state = {"last": -1.0, "shown": None}
 
     def report(obj: float, bound: float | None, elapsed: float) -> None:
-        if elapsed - state["last"] >= 0.5 or state["last"] == 0.0:
-            b = "-" if bound is None else f"{bound:.6g}"
-            print(f"  [{elapsed:6.1f}s] incumbent {obj:.6g}  bound {b}", file=sys.stderr, flush=True)
-            state["last"] = elapsed
+        if (obj, bound) == state["shown"]:
+            return
+        if state["shown"] is not None and elapsed - state["last"] < 0.25:
+            return  # rate limit; the final result is always shown
+        b = "-" if bound is None else f"{bound:.6g}"
+        gap = "" if not bound else f"  gap {100 * (bound - obj) / abs(bound):.2f}%"
+        print(f"  [{elapsed:6.1f}s] incumbent {obj:.6g}  bound {b}{gap}", file=sys.stderr, flush=True)
+        state.update(last=elapsed, shown=(obj, bound))
+
+    def final(obj: float, bound: float | None, elapsed: float) -> None:
+        """The solver's result, unless already shown (a solver may report only some steps)."""
+        state["last"] = -1e9
+        report(obj, bound, elapsed)
+
+    report.final = final  # type: ignore[attr-defined]
     return report
 
 
-def cmd_plan(args) -> int:
+def make_budget(args):
+    """Each value in (0, 1] is a fraction of the unpruned model, a value > 1 an absolute limit."""
     import qcqp_prune as qp
     limits = {k: getattr(args, k) for k in ("flops", "params", "memory", "latency") if getattr(args, k) is not None}
     if not limits:
         raise UsageError("plan needs at least one budget: --flops, --params, --memory or --latency")
     try:
-        budget = qp.Budget.absolute(**{k: v for k, v in limits.items() if v > 1}) if all(v > 1 for v in limits.values()) \
-            else qp.Budget(**limits)
+        return qp.Budget(**{k: qp.Absolute(v) if v > 1 else v for k, v in limits.items()})
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def cmd_plan(args) -> int:
+    import qcqp_prune as qp
+    budget = make_budget(args)
+    if args.latency is not None and not args.latency_model:
+        raise UsageError("--latency needs --latency-model (fit one with `qcqp-prune latency fit`)")
     model = load_model(args.model)
     x = _inputs(args)
     latency_model = qp.LatencyModel.load(args.latency_model) if args.latency_model else None
@@ -99,9 +122,12 @@ def cmd_plan(args) -> int:
     print(f"  {len(graph.groups)} groups ({len(graph.prunable_groups)} prunable), {len(graph.layers)} layers "
           f"in {time.perf_counter() - t0:.1f}s; solving with {args.solver} (time limit {args.time_limit:g}s) ...",
           file=sys.stderr, flush=True)
+    progress = _progress(not args.quiet)
     plan = qp.plan_channels(model, x, budget, importance=args.importance, solver=args.solver,
                             time_limit=args.time_limit, seed=args.seed, graph=graph,
-                            latency_model=latency_model, progress=_progress(not args.quiet))
+                            latency_model=latency_model, progress=progress)
+    if progress is not None:
+        progress.final(plan.objective, plan.bound, plan.wall_time)
     print(plan.summary())
     if args.out:
         plan.to_json(args.out, encoding=args.encoding)
@@ -115,14 +141,25 @@ def cmd_plan(args) -> int:
 def cmd_apply(args) -> int:
     import torch
     import qcqp_prune as qp
+    from .plan_io import check_plan_against_graph
     plan = qp.load_plan(args.plan)
     model = load_model(args.model)
+    graph = plan.graph_for(model)  # fingerprint check: refuses another architecture
+    check_plan_against_graph(plan, graph)  # groups and layer lists agree with this model
+    plan.graph = graph  # apply() reuses the checked trace
     pruned = plan.apply(model, mode="mask" if args.mask else "slim")
     if args.mask:  # torch.save cannot pickle parametrized modules: store plain zeroed weights
         qp.bake_masks(pruned)
-    tmp = f"{args.out}.tmp"
-    torch.save(pruned, tmp)
-    os.replace(tmp, args.out)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    fd, tmp = tempfile.mkstemp(prefix=".pruned-", suffix=".pt.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(pruned, f)
+        os.replace(tmp, args.out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     n0 = sum(p.numel() for p in model.parameters())
     n1 = sum(p.numel() for p in pruned.parameters())
     print(f"wrote {args.out} ({'masked' if args.mask else 'slimmed'}; parameters {n0:,} -> {n1:,})")
@@ -208,8 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)  # argparse exits with 2 on usage errors
     try:
-        if getattr(args, "time_limit", 0) is not None and getattr(args, "time_limit", 0) < 0:
-            raise UsageError(f"--time-limit {args.time_limit}: must be >= 0")
+        t = getattr(args, "time_limit", 0.0)
+        if not (0 <= t < float("inf")):
+            raise UsageError(f"--time-limit {t}: must be a finite number of seconds >= 0")
         return args.func(args)
     except UsageError as e:
         print(f"qcqp-prune: error: {e}", file=sys.stderr)

@@ -3,8 +3,11 @@
 ``save_plan`` validates strictly against the shipped JSON Schema (2020-12) and writes
 atomically (temporary file + ``os.replace``). ``load_plan`` refuses an unknown format or a
 newer MAJOR version, reads a newer MINOR version leniently (unknown fields ignored), and
-checks what a schema cannot (indices in range, no duplicates, no empty group, consistent
-layer lists). Every problem raises :class:`PlanFormatError` naming the field.
+checks what a schema cannot (indices in range, sorted, no duplicates, no empty group, frozen
+groups whole, unique group names, layer lists within their sizes).
+:func:`check_plan_against_graph` checks a loaded plan against the traced model before it is
+applied (group names and sizes in order, layer kept lists equal to those the group masks give).
+Every problem raises :class:`PlanFormatError` naming the field.
 """
 
 from __future__ import annotations
@@ -73,17 +76,22 @@ def _decode(value: Any, size: int, where: str) -> np.ndarray:
         except Exception as e:
             raise PlanFormatError(f"invalid plan: {where}: bitmap is not valid base64 ({e})") from e
         bits = np.unpackbits(raw).astype(bool)
-        if len(bits) < size or bits[size:].any():
-            raise PlanFormatError(f"invalid plan: {where}: bitmap does not match size {size}")
+        if len(bits) < size or len(bits) >= size + 8 or bits[size:].any():
+            raise PlanFormatError(f"invalid plan: {where}: bitmap of {len(raw)} bytes does not match size {size}")
         idx = np.flatnonzero(bits[:size])
     else:
-        idx = np.asarray(value, dtype=np.int64)
-        for i, v in enumerate(idx):
+        for i, v in enumerate(value):  # Python ints first: no int64 overflow on huge values
             if not 0 <= v < size:
                 raise PlanFormatError(f"invalid plan: {where}[{i}]: index {v} out of range for size {size}")
+        idx = np.asarray(value, dtype=np.int64)
         if len(np.unique(idx)) != len(idx):
             dup = [int(v) for v in idx if (idx == v).sum() > 1][0]
             raise PlanFormatError(f"invalid plan: {where}: index {dup} appears more than once")
+        unsorted = np.flatnonzero(np.diff(idx) < 0)
+        if len(unsorted):
+            i = int(unsorted[0]) + 1
+            raise PlanFormatError(f"invalid plan: {where}[{i}]: indices must be sorted ascending "
+                                  f"({int(idx[i - 1])} comes before {int(idx[i])})")
     if len(idx) == 0:
         raise PlanFormatError(f"invalid plan: {where}: keeps no channel (an empty group)")
     return idx
@@ -175,7 +183,18 @@ def save_plan(plan: PruningPlan, path: str | os.PathLike, *, encoding: str = "in
 
 
 def plan_from_dict(doc: Any) -> PruningPlan:
-    """Check ``doc`` (format, version, schema, semantics) and build the plan (no graph)."""
+    """Check ``doc`` (format, version, schema, semantics) and build the plan (no graph).
+
+    Every problem raises :class:`PlanFormatError` naming the field."""
+    try:
+        return _plan_from_dict(doc)
+    except PlanFormatError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:  # Budget.from_dict and friends
+        raise PlanFormatError(f"invalid plan: {type(e).__name__}: {e}") from e
+
+
+def _plan_from_dict(doc: Any) -> PruningPlan:
     if not isinstance(doc, dict):
         raise PlanFormatError(f"invalid plan: the top level must be an object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
@@ -192,12 +211,17 @@ def plan_from_dict(doc: Any) -> PruningPlan:
     masks, names = [], []
     for i, g in enumerate(doc["groups"]):
         idx = _decode(g["kept"], g["size"], f"groups[{i}].kept")
+        if g.get("frozen") and len(idx) != g["size"]:
+            raise PlanFormatError(f"invalid plan: groups[{i}].kept: group {g['name']!r} is frozen and must "
+                                  f"keep all {g['size']} channels, not {len(idx)}")
         m = np.zeros(g["size"], dtype=bool)
         m[idx] = True
         masks.append(m)
         names.append(g["name"])
     if len(set(names)) != len(names):
-        raise PlanFormatError("invalid plan: groups: two groups have the same name")
+        dup = next(n for n in names if names.count(n) > 1)
+        raise PlanFormatError(f"invalid plan: groups[{names.index(dup, names.index(dup) + 1)}].name: "
+                              f"{dup!r} names two groups")
     layers = {}
     for name, e in doc["layers"].items():
         entry = {"kind": e["kind"], "weight": e["weight"], "out_size": e["out_size"],
@@ -238,9 +262,46 @@ def load_plan(path: str | os.PathLike) -> PruningPlan:
         what = "truncated" if opened or e.pos >= len(body) else "not valid JSON"
         raise PlanFormatError(f"invalid plan: {os.fspath(path)!r} is {what} (line {e.lineno}, column "
                               f"{e.colno}: {e.msg})") from None
-    try:
-        return plan_from_dict(doc)
-    except ValueError as e:  # Budget.from_dict and friends
-        if isinstance(e, PlanFormatError):
-            raise
-        raise PlanFormatError(f"invalid plan: {e}") from e
+    return plan_from_dict(doc)
+
+
+def check_plan_against_graph(plan: PruningPlan, graph: Any) -> None:
+    """Check a (loaded) plan against the traced model it is about to be applied to, beyond
+    the fingerprint: the same groups in the same order (names, sizes), frozen groups whole,
+    and every layer's kept lists equal to those the group masks give on this graph.
+    Raises :class:`PlanFormatError` naming the field; changes nothing."""
+    from .plan import layer_table
+    names = [g.name for g in graph.groups]
+    if len(plan.masks) != len(names):
+        raise PlanFormatError(f"invalid plan: groups: the plan has {len(plan.masks)} groups, the model "
+                              f"{len(names)}")
+    for i, (g, name, m) in enumerate(zip(graph.groups, plan.group_names, plan.masks)):
+        if name != g.name:
+            raise PlanFormatError(f"invalid plan: groups[{i}].name: {name!r}, the model's group {i} is {g.name!r}")
+        if len(m) != g.size:
+            raise PlanFormatError(f"invalid plan: groups[{i}].size: {len(m)}, the model's group {g.name!r} "
+                                  f"has {g.size} channels")
+        if g.frozen and not m.all():
+            raise PlanFormatError(f"invalid plan: groups[{i}].kept: group {g.name!r} is frozen "
+                                  f"({g.frozen_reasons[0]}) and must keep all its channels")
+    if plan.layers:
+        expected = layer_table(graph, plan.masks)
+        if expected.keys() != plan.layers.keys():
+            diff = sorted(expected.keys() ^ plan.layers.keys())[:3]
+            raise PlanFormatError(f"invalid plan: layers: the plan's layers differ from the model's ({diff})")
+        for name, e in expected.items():
+            got = plan.layers[name]
+            for k in ("kind", "weight", "out_size", "out", "in_size", "in"):
+                want, have = e.get(k), got.get(k)
+                if k in ("out", "in"):
+                    want = None if want is None else [int(v) for v in want]
+                    have = None if have is None else [int(v) for v in have]
+                if want != have:
+                    raise PlanFormatError(f"invalid plan: layers.{name}.{k}: does not match the model "
+                                          f"(the groups' kept channels give {_short(want)}, the plan "
+                                          f"says {_short(have)})")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."

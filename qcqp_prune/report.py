@@ -15,6 +15,11 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _budget_value(v) -> str:
+    value = getattr(v, "value", None)
+    return f"<= {_fmt(value)} (absolute)" if value is not None else f"<= {100 * v:g}% of the unpruned model"
+
+
 def plan_summary(plan: "PruningPlan") -> str:
     """Per layer: output / input channels before and after and the share of its weight kept;
     then every resource after / before / limit, and the solver result."""
@@ -33,6 +38,8 @@ def plan_summary(plan: "PruningPlan") -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
+    budget = ", ".join(f"{k} {_budget_value(v)}" for k, v in plan.budget.items())
+    lines.append(f"budget: {budget}")
     for k in plan.full_cost:
         limit = plan.limits.get(k)
         lim = f"   limit {_fmt(limit)} ({100 * plan.cost[k] / limit:.2f}% used)" if limit else ""
@@ -65,9 +72,11 @@ def plot_plan(plan: "PruningPlan", path: str) -> None:
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=90, fontsize=6)
     ax.set_ylabel("output channels")
-    ax.set_title(f"{plan.solver} plan: " + ", ".join(f"{k} {100 * plan.cost[k] / plan.full_cost[k]:.0f}%"
-                                                     for k in plan.limits))
-    ax.legend()
+    gap = "" if plan.gap is None else f", gap {100 * plan.gap:.1f}%"
+    ax.set_title(f"{plan.solver} plan ({plan.status}{gap}): "
+                 + ", ".join(f"{k} {100 * plan.cost[k] / plan.full_cost[k]:.0f}% of unpruned" for k in plan.limits),
+                 fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

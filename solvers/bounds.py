@@ -24,20 +24,27 @@ from .reduced import Reduced
 MAX_BUCKETS = 64
 
 
-def pair_table(W: np.ndarray, square: bool = False) -> np.ndarray:
-    """``T[m, k]`` (0 <= m <= rows, 0 <= k <= cols): most importance any ``m x k`` submatrix
-    holds. For ``square`` (symmetric W, zero diagonal: ``x^T W x``), ``T[m]`` for m kept."""
-    def rowwise(A: np.ndarray) -> np.ndarray:
-        C = np.cumsum(-np.sort(-A, axis=1), axis=1)            # top-k sum of each row
-        D = np.cumsum(-np.sort(-C, axis=0), axis=0)            # sum of the m largest
-        out = np.zeros((A.shape[0] + 1, A.shape[1] + 1))
-        out[1:, 1:] = D
-        return out
+def _rowwise(A: np.ndarray, ms: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """``out[i, j]``: sum of the ``ms[i]`` largest row-wise top-``ks[j]`` sums of ``A``."""
+    C = np.zeros((A.shape[0], len(ks)))
+    pos = ks > 0
+    if pos.any():
+        C[:, pos] = np.cumsum(-np.sort(-A, axis=1), axis=1)[:, ks[pos] - 1]   # top-k sum of each row
+    D = np.vstack([np.zeros((1, len(ks))), np.cumsum(-np.sort(-C, axis=0), axis=0)])  # m largest
+    return D[ms]
+
+
+def pair_table(W: np.ndarray, square: bool = False, rows: np.ndarray | None = None,
+               cols: np.ndarray | None = None) -> np.ndarray:
+    """``T[i, j]``: most importance any ``rows[i] x cols[j]`` submatrix of ``W`` holds
+    (default: every count, ``T[m, k]``). For ``square`` (symmetric W, zero diagonal:
+    ``x^T W x``), ``T[i]`` for ``rows[i]`` kept."""
+    rows = np.arange(W.shape[0] + 1) if rows is None else np.asarray(rows, dtype=np.int64)
     if square:
-        R = rowwise(W)
-        m = np.arange(W.shape[0] + 1)
-        return R[m, np.maximum(m - 1, 0)]                      # m rows, each with m-1 others
-    return np.minimum(rowwise(W), rowwise(W.T).T)
+        R = _rowwise(W, rows, np.maximum(rows - 1, 0))
+        return R[np.arange(len(rows)), np.arange(len(rows))]   # m rows, each with m-1 others
+    cols = np.arange(W.shape[1] + 1) if cols is None else np.asarray(cols, dtype=np.int64)
+    return np.minimum(_rowwise(W, rows, cols), _rowwise(W.T, cols, rows).T)
 
 
 def _buckets(allowed: list[int]) -> list[tuple[int, int]]:
@@ -47,8 +54,12 @@ def _buckets(allowed: list[int]) -> list[tuple[int, int]]:
     return [(int(e[0]), int(e[-1])) for e in edges]
 
 
-def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, seed: int = 0) -> tuple[float | None, dict]:
-    """An upper bound on the optimum (None if nothing was proven in time) and details."""
+def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, seed: int = 0,
+                hint: np.ndarray | None = None) -> tuple[float | None, dict]:
+    """An upper bound on the optimum (None if nothing was proven in time) and details.
+
+    ``hint``: feasible per-group counts (e.g. the greedy plan's); with it CP-SAT starts from a
+    feasible point, so a time limit still leaves a proven bound."""
     t0 = time.perf_counter()
     P = red.prunable
     if not P:
@@ -86,14 +97,12 @@ def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, 
             pref = np.concatenate([[0.0], np.cumsum(-np.sort(-w))])
             tables.append(((g,), np.array([pref[hi] for _, hi in buckets[g]])))
     for pr in red.pairs:
+        hg = np.array([hi for _, hi in buckets[pr.g]])
         if pr.g == pr.h:
-            T = pair_table(pr.W, square=True)
-            tables.append(((pr.g,), np.array([T[hi] for _, hi in buckets[pr.g]])))
+            tables.append(((pr.g,), pair_table(pr.W, square=True, rows=hg)))
         else:
-            T = pair_table(pr.W)
-            hg = [hi for _, hi in buckets[pr.g]]
-            hh = [hi for _, hi in buckets[pr.h]]
-            tables.append(((pr.g, pr.h), T[np.ix_(hg, hh)]))
+            hh = np.array([hi for _, hi in buckets[pr.h]])
+            tables.append(((pr.g, pr.h), pair_table(pr.W, rows=hg, cols=hh)))
     top = sum(float(v.max()) for _, v in tables)
     S = 1e9 / top if top > 0 else 1.0
     terms = []
@@ -109,6 +118,11 @@ def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, 
             model.AddElement(idx, ints, t)
         terms.append(t)
     model.Maximize(sum(terms))
+    if hint is not None:
+        for g in P:
+            n = int(hint[g])
+            model.AddHint(N[g], n)
+            model.AddHint(B[g], next(i for i, (lo, hi) in enumerate(buckets[g]) if lo <= n <= hi))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(time_limit, 0.0)
     solver.parameters.num_workers = 1

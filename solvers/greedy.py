@@ -45,8 +45,27 @@ class GreedyState:
                 else:
                     self.cross[r][g].append((h, v))
                     self.cross[r][h].append((g, v))
+        G = len(problem.sizes)
+        R = len(self.cons)
+        self.Cm = np.zeros((R, G, G))  # cross coefficients, symmetric, zero diagonal
+        self.Sq = np.zeros((R, G))     # square coefficients
+        self.Li = np.zeros((R, G))     # linear coefficients
+        for r in range(R):
+            for g, v in self.lin[r].items():
+                self.Li[r, g] += v
+            for g, v in self.square[r].items():
+                self.Sq[r, g] += v
+            for g in range(G):
+                for h, v in self.cross[r][g]:
+                    self.Cm[r, g, h] += v
         self.cost = np.array([c.cost.evaluate(self.n) for c in self.cons], dtype=np.float64)
         self.contrib = {g: self._contrib(g) for g in problem.prunable}
+        self.self_pair = {pr.g: pr.W for pr in self.red.pairs if pr.g == pr.h}
+        self.neighbors = {g: {g} | {pr.g for pr in self.pairs_of[g]} | {pr.h for pr in self.pairs_of[g]}
+                          for g in problem.prunable}
+        self.obj = self.red.objective(self.masks)
+        self._down: dict[int, tuple] = {}  # cached (new count, channels, importance lost) per group
+        self._up: dict[int, tuple] = {}
 
     def _contrib(self, g: int) -> np.ndarray:
         x = self.masks
@@ -72,10 +91,29 @@ class GreedyState:
             d[r] = s
         return d
 
+    def delta_all(self, new: np.ndarray) -> np.ndarray:
+        """``delta[r, g]``: change of cost ``r`` when only group ``g`` moves to ``new[g]``."""
+        n = self.n.astype(np.float64)
+        d = new.astype(np.float64) - n
+        grad = np.einsum("rgh,h->rg", self.Cm, n) + self.Li
+        return d * grad + self.Sq * (new.astype(np.float64) ** 2 - n ** 2)
+
+    def _gain(self, g: int, idx: np.ndarray, keep: bool) -> float:
+        """Exact objective change of adding (``keep``) or removing channels ``idx`` of ``g``."""
+        s = float(self.contrib[g][idx].sum())
+        if g in self.self_pair and len(idx) > 1:
+            inner = float(self.self_pair[g][np.ix_(idx, idx)].sum())
+            s = s + inner if keep else s - inner
+        return s if keep else -s
+
     def toggle(self, g: int, idx: np.ndarray, keep: bool) -> None:
         if len(idx) == 0:
             return
         sign = 1.0 if keep else -1.0
+        self.obj += self._gain(g, idx, keep)
+        for h in self.neighbors[g]:
+            self._down.pop(h, None)
+            self._up.pop(h, None)
         new = int(self.n[g] + (len(idx) if keep else -len(idx)))
         self.cost += self.delta_cost(g, new)
         self.n[g] = new
@@ -114,45 +152,67 @@ class GreedyState:
         return bool(np.all(self.cost <= self.budget * (1 + 1e-12) + 1e-9))
 
     # ------------------------------------------------------------------ phases
-    def drop(self) -> None:
-        while not self.feasible():
-            over = np.maximum(self.cost - self.budget, 0.0) / np.maximum(self.budget, 1e-300)
-            best, best_score = None, np.inf
-            for g in self.p.prunable:
-                new = self.step_down(g)
-                if new is None:
-                    continue
-                saved = -self.delta_cost(g, new)
-                weighted = float(np.sum(over * saved / np.maximum(self.budget, 1e-300)))
-                if weighted <= 0:
-                    continue
+    def _down_step(self, g: int) -> tuple:
+        if g not in self._down:
+            new = self.step_down(g)
+            if new is None:
+                self._down[g] = (None, None, 0.0)
+            else:
                 idx = self.weakest(g, int(self.n[g]) - new)
-                score = float(self.contrib[g][idx].sum()) / weighted
-                if score < best_score:
-                    best, best_score = (g, idx), score
-            if best is None:
+                self._down[g] = (new, idx, -self._gain(g, idx, False))
+        return self._down[g]
+
+    def _up_step(self, g: int) -> tuple:
+        if g not in self._up:
+            new = self.step_up(g)
+            if new is None:
+                self._up[g] = (None, None, 0.0)
+            else:
+                idx = self.strongest(g, new - int(self.n[g]))
+                self._up[g] = (new, idx, self._gain(g, idx, True))
+        return self._up[g]
+
+    def drop(self) -> None:
+        P = self.p.prunable
+        scale = np.maximum(self.budget, 1e-300)
+        while not self.feasible():
+            over = np.maximum(self.cost - self.budget, 0.0) / scale
+            steps = [self._down_step(g) for g in P]
+            new = self.n.copy()
+            for g, (nw, _, _) in zip(P, steps):
+                if nw is not None:
+                    new[g] = nw
+            saved = -self.delta_all(new)[:, P]                     # (R, |P|)
+            weighted = (over[:, None] * saved / scale[:, None]).sum(axis=0)
+            lost = np.array([s[2] for s in steps])
+            ok = np.array([s[0] is not None for s in steps]) & (weighted > 0)
+            if not ok.any():
                 raise RuntimeError("greedy: no channel left to remove but a budget still fails")
-            self.toggle(best[0], best[1], keep=False)
+            score = np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)
+            i = int(np.argmin(score))
+            self.toggle(P[i], steps[i][1], keep=False)
 
     def fill(self, deadline: float = np.inf) -> None:
+        P = self.p.prunable
+        scale = np.maximum(self.budget, 1e-300)
+        limit = self.budget * (1 + 1e-12) + 1e-9
         while time.perf_counter() < deadline:
-            best, best_score = None, -np.inf
-            for g in self.p.prunable:
-                new = self.step_up(g)
-                if new is None:
-                    continue
-                extra = self.delta_cost(g, new)
-                if np.any(self.cost + extra > self.budget * (1 + 1e-12) + 1e-9):
-                    continue
-                idx = self.strongest(g, new - int(self.n[g]))
-                gain = float(self.contrib[g][idx].sum())
-                used = float(np.sum(extra / np.maximum(self.budget, 1e-300)))
-                score = gain / used if used > 0 else np.inf
-                if gain > 0 and score > best_score:
-                    best, best_score = (g, idx), score
-            if best is None:
+            steps = [self._up_step(g) for g in P]
+            new = self.n.copy()
+            for g, (nw, _, _) in zip(P, steps):
+                if nw is not None:
+                    new[g] = nw
+            extra = self.delta_all(new)[:, P]
+            fits = np.all(self.cost[:, None] + extra <= limit[:, None], axis=0)
+            gain = np.array([s[2] for s in steps])
+            ok = np.array([s[0] is not None for s in steps]) & fits & (gain > 0)
+            if not ok.any():
                 return
-            self.toggle(best[0], best[1], keep=True)
+            used = (extra / scale[:, None]).sum(axis=0)
+            score = np.where(used > 0, gain / np.where(used > 0, used, 1.0), np.inf)
+            score = np.where(ok, score, -np.inf)
+            i = int(np.argmax(score))
+            self.toggle(P[i], steps[i][1], keep=True)
 
     def swap_within(self, max_rounds: int = 10000) -> None:
         self_pairs = {pr.g: pr.W for pr in self.red.pairs if pr.g == pr.h}
@@ -170,14 +230,17 @@ class GreedyState:
 
     def snapshot(self):
         return ([m.copy() for m in self.masks], self.n.copy(), self.cost.copy(),
-                {g: v.copy() for g, v in self.contrib.items()})
+                {g: v.copy() for g, v in self.contrib.items()}, self.obj)
 
     def restore(self, snap) -> None:
-        masks, n, cost, contrib = snap
-        self.masks, self.n, self.cost, self.contrib = [m.copy() for m in masks], n.copy(), cost.copy(), contrib
+        masks, n, cost, contrib, obj = snap
+        self.masks, self.n, self.cost, self.obj = [m.copy() for m in masks], n.copy(), cost.copy(), obj
+        self.contrib = contrib  # the snapshot is used once
+        self._down.clear()
+        self._up.clear()
 
     def swap_across(self, deadline: float, max_passes: int = 3) -> None:
-        best_obj = self.red.objective(self.masks)
+        best_obj = self.obj
         for _ in range(max_passes):
             improved = False
             for g in self.p.prunable:
@@ -189,7 +252,7 @@ class GreedyState:
                 snap = self.snapshot()
                 self.toggle(g, self.weakest(g, int(self.n[g]) - new), keep=False)
                 self.fill(deadline)
-                obj = self.red.objective(self.masks)
+                obj = self.obj
                 if obj > best_obj * (1 + 1e-12) + 1e-15:
                     best_obj, improved = obj, True
                 else:

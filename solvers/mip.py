@@ -34,9 +34,16 @@ SOLVERS = {"scip": mathopt.SolverType.GSCIP, "highs": mathopt.SolverType.HIGHS}
 
 
 def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, linearization: str,
-              hint: list[np.ndarray] | None, mip_solver: str = "scip"):
+              hint: list[np.ndarray] | None, mip_solver: str = "scip", products: str = "linear"):
+    """``products="linear"``: exact binary-expansion envelope of ``N_g N_h`` (any solver);
+    ``products="quadratic"``: the budgets as native quadratic constraints in the counts
+    (SCIP only; MathOpt's HiGHS has no quadratic constraints)."""
     if mip_solver not in SOLVERS:
         raise ValueError(f"mip_solver={mip_solver!r} must be one of {sorted(SOLVERS)}")
+    if products not in ("linear", "quadratic"):
+        raise ValueError(f"products={products!r} must be 'linear' or 'quadratic'")
+    if products == "quadratic" and mip_solver != "scip":
+        raise ValueError("products='quadratic' needs mip_solver='scip' (HiGHS has no quadratic constraints)")
     method = choose_linearization(red, linearization)
     m = mathopt.Model(name="channels")
     P = red.prunable
@@ -46,6 +53,15 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
     digits: dict[int, list] = {}  # g -> [(value weight, binary var)]
     for g in P:
         allowed = problem.allowed_counts(g)
+        if products == "quadratic":
+            allowed_set = allowed
+            if problem.round_to[g]:
+                q = m.add_integer_variable(lb=0, ub=sizes[g] // problem.round_to[g], name=f"q{g}")
+                full = m.add_binary_variable(name=f"f{g}")  # the full size, when not a multiple
+                m.add_linear_constraint(N[g] == problem.round_to[g] * q + (sizes[g] - problem.round_to[g] * (sizes[g] // problem.round_to[g])) * full)
+                m.add_linear_constraint(q >= (sizes[g] // problem.round_to[g]) * full)
+            m.add_linear_constraint(N[g] >= allowed_set[0])
+            continue
         if problem.round_to[g]:
             lam = [m.add_binary_variable(name=f"l{g}_{v}") for v in allowed]
             m.add_linear_constraint(mathopt.fast_sum(lam) == 1)
@@ -71,6 +87,11 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
 
     for r, c in enumerate(problem.constraints):
         bil, lin, const = folded_cost(problem, r)
+        if products == "quadratic":
+            expr = [v * N[g] * N[h] for (g, h), v in bil.items()] + [v * N[g] for g, v in lin.items()]
+            if expr:
+                m.add_quadratic_constraint(mathopt.fast_sum(expr) <= c.budget - const)
+            continue
         expr = [v * product(g, h) for (g, h), v in bil.items()] + [v * N[g] for g, v in lin.items()]
         m.add_linear_constraint(mathopt.fast_sum(expr) <= c.budget - const)
 
@@ -99,7 +120,7 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
     if hint is not None:
         values = {v: float(hint[g][a]) for g in P for a, v in enumerate(x[g])}
         mparams = mathopt.ModelSolveParameters(solution_hints=[mathopt.SolutionHint(variable_values=values)])
-    info = {"linearization": method, "mip_solver": mip_solver, "variables": len(list(m.variables()))}
+    info = {"linearization": method, "mip_solver": mip_solver, "products": products, "variables": len(list(m.variables()))}
     try:
         result = mathopt.solve(m, SOLVERS[mip_solver], params=params, model_params=mparams)
     except Exception as e:  # MathOpt's HiGHS hides the real error in __context__

@@ -1,53 +1,97 @@
-"""The qcqp-prune command, run for real in a subprocess."""
+"""The qcqp-prune command, run for real in subprocesses (independent ones concurrently: each
+start pays the torch import)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import torch
 
+from qcqp_prune import zoo
 
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qcqp_prune.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
-
-
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 MODEL = ["--model", "zoo:resnet20", "--input-shape", "1,3,32,32"]
 
 
-def test_plan_apply_inspect_trace(tmp_path):
-    plan = tmp_path / "plan.json"
-    r = cli("plan", *MODEL, "--flops", "0.5", "--solver", "cpsat", "--time-limit", "2", "--out", str(plan),
-            "--plot", str(tmp_path / "plan.png"))
-    assert r.returncode == 0, r.stderr
-    assert "incumbent" in r.stderr and "certified gap" in r.stdout
-    doc = json.loads(plan.read_text())
-    assert doc["format"] == "qcqp-prune/plan" and doc["cost"]["flops"] <= doc["limits"]["flops"]
-    assert (tmp_path / "plan.png").stat().st_size > 1000
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qcqp_prune.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
 
-    for extra, name in (([], "slim.pt"), (["--mask"], "mask.pt")):
-        r = cli("apply", str(plan), "--model", "zoo:resnet20", "--out", str(tmp_path / name), *extra)
-        assert r.returncode == 0, r.stderr
+
+def finish(p: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qcqp-prune: error:"), r.stderr
+    return lines[0]
+
+
+def test_plan_apply_inspect_trace_and_errors(tmp_path):
+    plan, png = tmp_path / "plan.json", tmp_path / "plan.png"
+    saved_model = tmp_path / "resnet20.pt"
+    torch.manual_seed(0)
+    torch.save(zoo.resnet20().eval(), saved_model)
+    before = saved_model.read_bytes()
+
+    # round 1, concurrently: plan, trace (a saved-model file and package.module:factory) and errors
+    procs = {
+        "plan": start("plan", *MODEL, "--flops", "0.5", "--params", "250000", "--solver", "cpsat",
+                      "--time-limit", "2", "--out", str(plan), "--plot", str(png)),
+        "trace_file": start("trace", "--model", str(saved_model), "--input-shape", "1,3,32,32"),
+        "trace_factory": start("trace", "--model", "qcqp_prune.zoo:resnet20", "--input-shape", "1,3,32,32"),
+        "no_budget": start("plan", *MODEL),
+        "bad_shape": start("plan", "--model", "zoo:resnet20", "--input-shape", "1,x", "--flops", "0.5"),
+        "bad_flag": start("plan", *MODEL, "--flops", "0.5", "--solver", "magic"),
+        "missing_plan": start("inspect", str(tmp_path / "missing.json")),
+    }
+    r = {k: finish(p) for k, p in procs.items()}
+
+    assert r["plan"].returncode == 0, r["plan"].stderr
+    assert "tracing zoo:resnet20" in r["plan"].stderr and "incumbent" in r["plan"].stderr
+    assert "certified gap" in r["plan"].stdout and "layer1.0.conv1" in r["plan"].stdout
+    assert "budget: flops <= 50% of the unpruned model, params <= 250.000k (absolute)" in r["plan"].stdout
+    doc = json.loads(plan.read_text())
+    assert doc["format"] == "qcqp-prune/plan" and doc["budget"]["params"] == {"absolute": 250000.0}
+    assert doc["cost"]["flops"] <= doc["limits"]["flops"] and doc["cost"]["params"] <= 250000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    for k in ("trace_file", "trace_factory"):
+        assert r[k].returncode == 0, r[k].stderr
+        assert "14 channel groups (12 prunable)" in r[k].stdout and "frozen: network input" in r[k].stdout
+    assert r["no_budget"].returncode == 2 and "needs at least one budget" in one_error_line(r["no_budget"])
+    assert r["bad_shape"].returncode == 2 and "--input-shape '1,x'" in one_error_line(r["bad_shape"])
+    assert r["bad_flag"].returncode == 2 and "invalid choice: 'magic'" in r["bad_flag"].stderr  # argparse
+    assert r["missing_plan"].returncode == 1 and "does not exist" in one_error_line(r["missing_plan"])
+
+    # round 2, concurrently: apply (slim, mask, on a saved-model file), inspect, wrong architecture
+    procs = {
+        "slim": start("apply", str(plan), "--model", "zoo:resnet20", "--out", str(tmp_path / "slim.pt")),
+        "mask": start("apply", str(plan), "--model", str(saved_model), "--out", str(tmp_path / "mask.pt"), "--mask"),
+        "inspect": start("inspect", str(plan)),
+        "other": start("apply", str(plan), "--model", "zoo:resnet32", "--out", str(tmp_path / "other.pt")),
+    }
+    r = {k: finish(p) for k, p in procs.items()}
+    for k in ("slim", "mask", "inspect"):
+        assert r[k].returncode == 0, r[k].stderr
+    assert "slimmed; parameters 272,474 ->" in r["slim"].stdout and "masked" in r["mask"].stdout
+    assert r["inspect"].stdout.strip() == r["plan"].stdout.strip()  # the saved plan reads back the same
+    assert r["other"].returncode == 1 and "another architecture" in one_error_line(r["other"])
+    assert not (tmp_path / "other.pt").exists()
+    assert saved_model.read_bytes() == before  # the user's model file is never written
+    assert sorted(os.listdir(tmp_path)) == ["mask.pt", "plan.json", "plan.png", "resnet20.pt", "slim.pt"]
+
     slim = torch.load(tmp_path / "slim.pt", weights_only=False)
     masked = torch.load(tmp_path / "mask.pt", weights_only=False)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(slim(x), masked(x), rtol=1e-4, atol=1e-5)
-    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in masked.parameters())
-
-    r = cli("inspect", str(plan))
-    assert r.returncode == 0 and "flops" in r.stdout and "layer1.0.conv1" in r.stdout
-    r = cli("trace", *MODEL)
-    assert r.returncode == 0 and "network input" in r.stdout and "prunable" in r.stdout
-
-
-def test_errors_in_a_real_subprocess(tmp_path):
-    r = cli("plan", *MODEL)  # no budget: usage error
-    assert r.returncode == 2 and "needs at least one budget" in r.stderr
-    r = cli("inspect", str(tmp_path / "missing.json"))
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
+    n_slim, n_mask = (sum(p.numel() for p in m.parameters()) for m in (slim, masked))
+    assert n_slim == doc["cost"]["params"] and n_mask == doc["full_cost"]["params"]
 
 
 def test_usage_errors_exit_2_and_other_errors_exit_1_with_one_line(tmp_path, capsys):
@@ -60,16 +104,26 @@ def test_usage_errors_exit_2_and_other_errors_exit_1_with_one_line(tmp_path, cap
             code = e.code
         return code, capsys.readouterr().err
 
-    code, err = run("plan", *MODEL, "--flops", "-0.5")
-    assert code == 2 and "budget flops=-0.5" in err
-    code, err = run("plan", "--model", "zoo:resnet20", "--input-shape", "1,x", "--flops", "0.5")
-    assert code == 2 and "--input-shape" in err
+    for budget in (["--flops", "-0.5"], ["--flops", "nan"], ["--params", "inf"], ["--flops", "0"]):
+        code, err = run("plan", *MODEL, *budget)
+        assert code == 2 and ("budget" in err or "Absolute" in err), (budget, err)
     code, err = run("plan", "--model", "nonsense", "--input-shape", "1,3,32,32", "--flops", "0.5")
-    assert code == 2 and "--model" in err
+    assert code == 2 and "--model 'nonsense'" in err
+    code, err = run("plan", "--model", "no/such/model.pt", "--input-shape", "1,3,32,32", "--flops", "0.5")
+    assert code == 2 and "no such file" in err
+    code, err = run("plan", "--model", "torchvision:resnet9000", "--input-shape", "1,3,32,32", "--flops", "0.5")
+    assert code == 2 and "unknown torchvision model" in err
+    code, err = run("plan", "--model", "zoo:resnet9000", "--input-shape", "1,3,32,32", "--flops", "0.5")
+    assert code == 2 and "the zoo has" in err
     code, err = run("plan", *MODEL, "--flops", "0.5", "--time-limit", "-1")
-    assert code == 2
+    assert code == 2 and "--time-limit" in err
+    code, err = run("plan", *MODEL, "--latency", "0.5")
+    assert code == 2 and "--latency-model" in err
     code, err = run("frobnicate")
     assert code == 2
+    torch.save({"not": "a model"}, tmp_path / "state.pt")
+    code, err = run("trace", "--model", str(tmp_path / "state.pt"), "--input-shape", "1,3,32,32")
+    assert code == 2 and "not a full nn.Module" in err
     (tmp_path / "bad.json").write_text("{")
     code, err = run("apply", str(tmp_path / "bad.json"), "--model", "zoo:resnet20", "--out", str(tmp_path / "x.pt"))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "truncated" in err
