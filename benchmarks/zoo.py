@@ -67,7 +67,9 @@ def short(reason: str) -> str:
     op = desc.split(" ")[0].rsplit(".", 1)[-1] if desc else ""
     why = re.split(r";|, so | \(|: ", why)[0]
     why = re.sub(r"\d+", "N", why).strip()
-    return f"{op}: {why}" if op else why
+    if not op or op.lower().replace("_", "") in why.lower().replace(" ", ""):
+        return why  # 'layer_norm: LayerNorm normalizes ...' -> 'LayerNorm normalizes ...'
+    return f"{op}: {why}"
 
 
 def coverage(name: str, repeats: int = 3) -> list:

@@ -10,7 +10,6 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -141,7 +140,7 @@ def cmd_plan(args) -> int:
 def cmd_apply(args) -> int:
     import torch
     import qcqp_prune as qp
-    from .plan_io import check_plan_against_graph
+    from .plan_io import atomic_write, check_plan_against_graph
     plan = qp.load_plan(args.plan)
     model = load_model(args.model)
     graph = plan.graph_for(model)  # fingerprint check: refuses another architecture
@@ -150,16 +149,7 @@ def cmd_apply(args) -> int:
     pruned = plan.apply(model, mode="mask" if args.mask else "slim")
     if args.mask:  # torch.save cannot pickle parametrized modules: store plain zeroed weights
         qp.bake_masks(pruned)
-    folder = os.path.dirname(os.path.abspath(args.out))
-    fd, tmp = tempfile.mkstemp(prefix=".pruned-", suffix=".pt.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(pruned, f)
-        os.replace(tmp, args.out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(args.out, lambda f: torch.save(pruned, f))
     n0 = sum(p.numel() for p in model.parameters())
     n1 = sum(p.numel() for p in pruned.parameters())
     print(f"wrote {args.out} ({'masked' if args.mask else 'slimmed'}; parameters {n0:,} -> {n1:,})")

@@ -170,11 +170,21 @@ def save_plan(plan: PruningPlan, path: str | os.PathLike, *, encoding: str = "in
     """Validate and write ``plan`` to ``path`` atomically (no half-written file on failure)."""
     doc = plan_to_dict(plan, encoding)
     _validate(doc)
+    atomic_write(path, lambda f: f.write(json.dumps(doc, indent=1).encode()))
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then ``os.replace`` it
+    into place: readers never see a half-written file, and a failure leaves ``path`` as it was.
+    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".json.tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -108,7 +108,8 @@ def solve_channels(
     count, count_info = None, {}
     if options.pop("count_bound", False):  # opt-in: see solvers/bounds.py for measurements
         from .bounds import count_bound
-        count, count_info = count_bound(problem, red, time_limit=min(5.0, 0.2 * time_limit), seed=seed)
+        count, count_info = count_bound(problem, red, time_limit=min(5.0, 0.2 * time_limit), seed=seed,
+                                        hint=problem.counts(greedy))
     remaining = max(0.0, time_limit - (time.perf_counter() - t0))
     if solver == "cpsat":
         from .cpsat import solve_cpsat

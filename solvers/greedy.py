@@ -185,7 +185,7 @@ class GreedyState:
             saved = -self.delta_all(new)[:, P]                     # (R, |P|)
             weighted = (over[:, None] * saved / scale[:, None]).sum(axis=0)
             lost = np.array([s[2] for s in steps])
-            ok = np.array([s[0] is not None for s in steps]) & (weighted > 0)
+            ok = np.array([s[0] is not None for s in steps], dtype=bool) & (weighted > 0)
             if not ok.any():
                 raise RuntimeError("greedy: no channel left to remove but a budget still fails")
             score = np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)
@@ -205,7 +205,7 @@ class GreedyState:
             extra = self.delta_all(new)[:, P]
             fits = np.all(self.cost[:, None] + extra <= limit[:, None], axis=0)
             gain = np.array([s[2] for s in steps])
-            ok = np.array([s[0] is not None for s in steps]) & fits & (gain > 0)
+            ok = np.array([s[0] is not None for s in steps], dtype=bool) & fits & (gain > 0)
             if not ok.any():
                 return
             used = (extra / scale[:, None]).sum(axis=0)

@@ -72,18 +72,18 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
             bits = [m.add_binary_variable(name=f"b{g}_{k}") for k in range(max(1, math.ceil(math.log2(sizes[g] + 1))))]
             m.add_linear_constraint(N[g] == mathopt.fast_sum((2 ** k) * b for k, b in enumerate(bits)))
             digits[g] = [(2 ** k, b) for k, b in enumerate(bits)]
-    products = {}
+    prod_cache = {}
 
     def product(g: int, h: int):
-        if (g, h) not in products:
+        if (g, h) not in prod_cache:
             U = sizes[h]
             terms = []
             for val, b in digits[g]:
                 w = m.add_variable(lb=0.0, ub=U)
                 m.add_linear_constraint(w >= N[h] - U * (1 - b))
                 terms.append(val * w)
-            products[(g, h)] = mathopt.fast_sum(terms)
-        return products[(g, h)]
+            prod_cache[(g, h)] = mathopt.fast_sum(terms)
+        return prod_cache[(g, h)]
 
     for r, c in enumerate(problem.constraints):
         bil, lin, const = folded_cost(problem, r)

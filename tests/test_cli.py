@@ -39,14 +39,12 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
     torch.save(zoo.resnet20().eval(), saved_model)
     before = saved_model.read_bytes()
 
-    # round 1, concurrently: plan, trace (a saved-model file and package.module:factory) and errors
+    # round 1, concurrently: plan, trace (of a saved-model file) and errors
     procs = {
         "plan": start("plan", *MODEL, "--flops", "0.5", "--params", "250000", "--solver", "cpsat",
                       "--time-limit", "2", "--out", str(plan), "--plot", str(png)),
         "trace_file": start("trace", "--model", str(saved_model), "--input-shape", "1,3,32,32"),
-        "trace_factory": start("trace", "--model", "qcqp_prune.zoo:resnet20", "--input-shape", "1,3,32,32"),
         "no_budget": start("plan", *MODEL),
-        "bad_shape": start("plan", "--model", "zoo:resnet20", "--input-shape", "1,x", "--flops", "0.5"),
         "bad_flag": start("plan", *MODEL, "--flops", "0.5", "--solver", "magic"),
         "missing_plan": start("inspect", str(tmp_path / "missing.json")),
     }
@@ -56,15 +54,15 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
     assert "tracing zoo:resnet20" in r["plan"].stderr and "incumbent" in r["plan"].stderr
     assert "certified gap" in r["plan"].stdout and "layer1.0.conv1" in r["plan"].stdout
     assert "budget: flops <= 50% of the unpruned model, params <= 250.000k (absolute)" in r["plan"].stdout
+    summary = r["plan"].stdout
     doc = json.loads(plan.read_text())
     assert doc["format"] == "qcqp-prune/plan" and doc["budget"]["params"] == {"absolute": 250000.0}
     assert doc["cost"]["flops"] <= doc["limits"]["flops"] and doc["cost"]["params"] <= 250000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
-    for k in ("trace_file", "trace_factory"):
-        assert r[k].returncode == 0, r[k].stderr
-        assert "14 channel groups (12 prunable)" in r[k].stdout and "frozen: network input" in r[k].stdout
+    assert r["trace_file"].returncode == 0, r["trace_file"].stderr
+    assert "14 channel groups (12 prunable)" in r["trace_file"].stdout
+    assert "frozen: network input" in r["trace_file"].stdout
     assert r["no_budget"].returncode == 2 and "needs at least one budget" in one_error_line(r["no_budget"])
-    assert r["bad_shape"].returncode == 2 and "--input-shape '1,x'" in one_error_line(r["bad_shape"])
     assert r["bad_flag"].returncode == 2 and "invalid choice: 'magic'" in r["bad_flag"].stderr  # argparse
     assert r["missing_plan"].returncode == 1 and "does not exist" in one_error_line(r["missing_plan"])
 
@@ -79,7 +77,7 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
     for k in ("slim", "mask", "inspect"):
         assert r[k].returncode == 0, r[k].stderr
     assert "slimmed; parameters 272,474 ->" in r["slim"].stdout and "masked" in r["mask"].stdout
-    assert r["inspect"].stdout.strip() == r["plan"].stdout.strip()  # the saved plan reads back the same
+    assert r["inspect"].stdout.strip() == summary.strip()  # the saved plan reads back the same
     assert r["other"].returncode == 1 and "another architecture" in one_error_line(r["other"])
     assert not (tmp_path / "other.pt").exists()
     assert saved_model.read_bytes() == before  # the user's model file is never written
@@ -95,6 +93,7 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
 
 
 def test_usage_errors_exit_2_and_other_errors_exit_1_with_one_line(tmp_path, capsys):
+    """In process (cheap): the same main() the console script runs."""
     from qcqp_prune.cli import main
 
     def run(*args):
@@ -103,6 +102,12 @@ def test_usage_errors_exit_2_and_other_errors_exit_1_with_one_line(tmp_path, cap
         except SystemExit as e:  # argparse's own usage errors
             code = e.code
         return code, capsys.readouterr().err
+
+    assert run("trace", "--model", "qcqp_prune.zoo:resnet20", "--input-shape", "1,3,32,32")[0] == 0
+    code, err = run("plan", "--model", "zoo:resnet20", "--input-shape", "1,x", "--flops", "0.5")
+    assert code == 2 and "--input-shape '1,x'" in err
+    code, err = run("plan", "--model", "zoo:resnet20", "--input-shape", "1,0,32", "--flops", "0.5")
+    assert code == 2 and ">= 1" in err
 
     for budget in (["--flops", "-0.5"], ["--flops", "nan"], ["--params", "inf"], ["--flops", "0"]):
         code, err = run("plan", *MODEL, *budget)

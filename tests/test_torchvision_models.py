@@ -95,7 +95,7 @@ def check(name: str) -> tuple[torch.nn.Module, qp.ChannelGraph]:
 
 
 # What may be frozen beyond the network input and output, with a floor on the prunable share
-# of conv/linear weights (measured values in benchmarks/results/zoo.md, a few points above).
+# of conv/linear weights (a few points below the measured values in benchmarks/results/zoo.md).
 # Models not listed must be fully prunable: every conv/linear weight has a prunable axis and
 # only the network input and output groups are frozen.
 EXPECTED_FROZEN = {
@@ -104,7 +104,7 @@ EXPECTED_FROZEN = {
     "regnet_y_400mf": ("grouped convolution", 0.85),
     "shufflenet_v2_x0_5": ("split/chunk along the channel axis", 0.95),
     "convnext_tiny": ("LayerNorm normalizes over the channel axis", 0.85),
-    "vit_b_16": ("MultiheadAttention", 0.80),
+    "vit_b_16": ("MultiheadAttention", 0.60),
     "swin_t": ("shifted_window_attention", 0.55),
 }
 
