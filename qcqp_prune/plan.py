@@ -78,6 +78,8 @@ class PruningPlan:
                 f"this plan was made for another architecture: model fingerprint "
                 f"{graph.fingerprint()} != plan fingerprint {self.fingerprint} (groups "
                 f"{len(graph.groups)} vs {len(self.group_names)}); make a new plan for this model")
+        from .plan_io import check_plan_against_graph  # a loaded plan: groups and layers must agree
+        check_plan_against_graph(self, graph)
         return graph
 
     def to_json(self, path: str, *, encoding: str = "indices") -> None:
