@@ -88,9 +88,14 @@ def coverage(name: str, repeats: int = 3) -> list:
             f"{statistics.median(times):.2f}"]
 
 
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine() -> str:
     return (f"{platform.platform()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
-            f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
+            f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, 1-min load average "
+            f"{LOAD_AT_START:.1f} at start, {os.getloadavg()[0]:.1f} at end (trace times grow on a "
+            f"loaded machine); "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"torchvision {torchvision.__version__}; "
             f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
