@@ -45,8 +45,15 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(*shape)
 
 
-def run_cell(model_name: str, budget: float, methods: list[str], time_limit: float) -> list[dict[str, Any]]:
+def parse_budget(text: str) -> tuple[str, float]:
+    """``"0.5"`` is a FLOPs fraction; ``"params:0.5"`` names the resource."""
+    kind, _, frac = text.rpartition(":")
+    return (kind or "flops"), float(frac)
+
+
+def run_cell(model_name: str, budget_text: str, methods: list[str], time_limit: float) -> list[dict[str, Any]]:
     """Every method on one (model, budget) cell; runs in a worker process."""
+    resource, budget = parse_budget(budget_text)
     torch.set_num_threads(1)
     import qcqp_prune as qp
     from methods import METHODS
@@ -60,30 +67,30 @@ def run_cell(model_name: str, budget: float, methods: list[str], time_limit: flo
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kind, _, lin = meth.partition(":")
-            if kind in ("cpsat", "mip") and lin:
-                plan = qp.plan_channels(model, x, qp.Budget(flops=budget), solver=kind, time_limit=time_limit,
-                                        graph=graph, linearization=lin)
+            trace: list[tuple[float, float, float | None]] = []  # (elapsed, objective, bound)
+            if kind in ("cpsat", "mip", "greedy"):
+                opts = {"linearization": lin} if lin else {}
+                plan = qp.plan_channels(model, x, qp.Budget(**{resource: budget}), solver=kind, time_limit=time_limit,
+                                        graph=graph, progress=lambda o, b, t: trace.append((t, o, b)), **opts)
                 masks, info = plan.masks, {"objective": plan.objective, "gap": plan.gap, "status": plan.status,
                                            "bound": plan.bound}
-            elif kind in ("cpsat", "mip", "greedy"):
-                plan = qp.plan_channels(model, x, qp.Budget(flops=budget), solver=kind, time_limit=time_limit, graph=graph)
-                masks, info = plan.masks, {"objective": plan.objective, "gap": plan.gap, "status": plan.status,
-                                           "bound": plan.bound}
+                trace.append((time.perf_counter() - t0, plan.objective, plan.bound))
             else:
-                masks, _, info = METHODS[meth](model, x, qp.Budget(flops=budget), 0, time_limit)
+                masks, _, info = METHODS[meth](model, x, qp.Budget(**{resource: budget}), 0, time_limit)
         wall = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         costs = qp.cost_model(graph)
         counts = [int(m.sum()) for m in masks]
-        used = costs["flops"].evaluate(counts) / (budget * costs["flops"].evaluate(graph.sizes()))
-        out.append({"model": model_name, "channels": channels, "budget": budget, "method": meth,
+        used = costs[resource].evaluate(counts) / (budget * costs[resource].evaluate(graph.sizes()))
+        out.append({"model": model_name, "channels": channels, "budget": budget_text, "method": meth,
                     "objective": info["objective"], "bound": info.get("bound"), "gap": info.get("gap"),
-                    "status": info.get("status"), "budget_used": used, "time_s": wall, "peak_mb": peak / 2**20})
+                    "status": info.get("status"), "budget_used": used, "time_s": wall, "peak_mb": peak / 2**20,
+                    "trace": trace if kind in ("cpsat", "mip", "greedy") else []})
     return out
 
 
-def sweep(models: list[str], budgets: list[float], methods: list[str], time_limit: float,
+def sweep(models: list[str], budgets: list[str], methods: list[str], time_limit: float,
           executor: cf.Executor | None = None) -> list[dict[str, Any]]:
     cells = [(m, b) for m in models for b in budgets]
     if executor is None:
@@ -95,13 +102,14 @@ def sweep(models: list[str], budgets: list[float], methods: list[str], time_limi
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet20,resnet56,resnet18,resnet50,mobilenet_v2")
-    ap.add_argument("--budgets", default="0.3,0.5,0.7")
+    ap.add_argument("--budgets", default="0.3,0.5,0.7,params:0.5",
+                    help="comma-separated FLOPs fractions, or resource:fraction (params:0.5)")
     ap.add_argument("--methods", default="cpsat,greedy,uniform-l1,bn-threshold")
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="solvers")
     a = ap.parse_args(argv)
-    models, budgets, methods = a.models.split(","), [float(b) for b in a.budgets.split(",")], a.methods.split(",")
+    models, budgets, methods = a.models.split(","), a.budgets.split(","), a.methods.split(",")
     ex = cf.ProcessPoolExecutor(a.workers) if a.workers > 1 else None
     rows = sweep(models, budgets, methods, a.time_limit, ex)
     best = {}
@@ -111,17 +119,67 @@ def main(argv=None) -> None:
     table = []
     for r in rows:
         rel = 100.0 * (best[(r["model"], r["budget"])] - r["objective"]) / best[(r["model"], r["budget"])]
-        table.append((r["model"], r["channels"], f"{r['budget']:.0%}", r["method"], f"{r['objective']:.6g}",
+        kind, frac = parse_budget(r["budget"])
+        table.append((r["model"], r["channels"], f"{kind} {frac:.0%}", r["method"], f"{r['objective']:.6g}",
                       f"{rel:.3f}%", "-" if r["gap"] is None else f"{100 * r['gap']:.2f}%", r["status"],
                       f"{100 * r['budget_used']:.2f}%", f"{r['time_s']:.1f}", f"{r['peak_mb']:.0f}"))
-    headers = ["model", "prunable channels", "FLOPs budget", "method", "kept importance (l2)",
+    headers = ["model", "prunable channels", "budget", "method", "kept importance (l2)",
                "below best", "certified gap", "status", "budget used", "time s", "peak MB (py)"]
     md = write(a.out, "Channel selection: solvers vs heuristics", headers, table,
                notes=f"Importance l2; CIFAR nets at 1x3x32x32, torchvision nets at 1x3x224x224, random "
                      f"weights (seed 0); time limit {a.time_limit:g} s; 1 CP-SAT worker; 'below best' is "
                      f"relative to the best objective any method found in the same cell; 'budget used' is "
-                     f"the plan's FLOPs / the FLOPs limit; peak MB is Python-heap (tracemalloc).")
+                     f"the plan's cost / the limit of the budgeted resource; peak MB is Python-heap (tracemalloc).")
+    plot(rows, a.out)
     print(md)
+
+
+def plot(rows: list[dict[str, Any]], out: str) -> None:
+    """``<out>_anytime.png``: objective and certified bound over time per solver run (relative
+    to the best objective of the cell); ``<out>_size.png``: wall time vs prunable channels."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from common import RESULTS
+    base = out if os.path.isabs(out) else os.path.join(RESULTS, out)
+    best: dict = {}
+    for r in rows:
+        k = (r["model"], r["budget"])
+        best[k] = max(best.get(k, float("-inf")), r["objective"])
+    runs = [r for r in rows if r["trace"] and r["method"] != "greedy"]
+    if runs:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for r in runs:
+            ref = best[(r["model"], r["budget"])]
+            t = [max(p[0], 1e-2) for p in r["trace"]]
+            line, = ax.plot(t, [100 * (p[1] - ref) / ref for p in r["trace"]], drawstyle="steps-post", lw=1)
+            b = [(ti, 100 * (p[2] - ref) / ref) for ti, p in zip(t, r["trace"]) if p[2] is not None]
+            if b:
+                ax.plot(*zip(*b), drawstyle="steps-post", lw=1, ls="--", color=line.get_color(),
+                        label=f"{r['model']} {r['budget']} {r['method']}")
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("% vs best objective found (solid: plan, dashed: certified bound)")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(f"{base}_anytime.png", dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for meth in sorted({r["method"] for r in rows}):
+        pts = sorted((r["channels"], r["time_s"]) for r in rows if r["method"] == meth)
+        ax.plot(*zip(*pts), "o", label=meth, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prunable channels")
+    ax.set_ylabel("wall time (s)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{base}_size.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

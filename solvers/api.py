@@ -75,6 +75,12 @@ def solve_channels(
     ``time_limit`` (seconds) bounds the search; ``seed`` and ``workers=1`` make CP-SAT
     deterministic; ``linearization`` is ``"auto"``, ``"pairwise"`` or ``"glover"``;
     ``progress(objective, bound, elapsed)`` is called as the incumbent improves.
+
+    Options of ``cpsat`` and ``mip``: ``count_bound`` (default True) first computes the count
+    bound and its Lagrangian decomposition (``bounds.py``) for ``bound_time`` seconds (default
+    30% of ``time_limit``, at most 30 s); the reported bound is the smaller of it and the
+    back-end's, and CP-SAT also gets it as a cut. ``gap_limit`` (default 0: prove optimality)
+    stops as soon as the certified relative gap is at most this value.
     """
     if solver not in BACKENDS:
         raise ValueError(f"solver={solver!r} is not a known back-end; use one of {sorted(BACKENDS)}")
@@ -105,23 +111,41 @@ def solve_channels(
         bound, info = relaxation_bound(problem, red, linearization=linearization, **options)
         return _finish(problem, greedy, Status.FEASIBLE, bound, "heuristic plan, relaxation bound", t0,
                        "relaxation", info.pop("version"), seed, info)
+    use_count = options.pop("count_bound", True)
+    gap_limit = options.pop("gap_limit", 0.0)
+    if not isinstance(gap_limit, (int, float)) or not 0.0 <= gap_limit < 1.0:
+        raise ValueError(f"gap_limit={gap_limit!r} must be a relative gap in [0, 1), e.g. 0.005 for 0.5%")
+    bound_time = options.pop("bound_time", None)
+    lower = problem.objective(greedy)
     count, count_info = None, {}
-    if options.pop("count_bound", False):  # opt-in: see solvers/bounds.py for measurements
+    if use_count:
         from .bounds import count_bound
-        count, count_info = count_bound(problem, red, time_limit=min(5.0, 0.2 * time_limit), seed=seed,
-                                        hint=problem.counts(greedy))
+        share = min(0.3 * time_limit, 30.0) if bound_time is None else float(bound_time)
+        count, count_info = count_bound(problem, red, time_limit=share, reference=problem.counts(greedy),
+                                        lower=lower, target_gap=gap_limit)
+        if progress and count is not None:
+            progress(lower, max(count, lower), time.perf_counter() - t0)
+        if count is not None and count - lower <= gap_limit * abs(count) + 1e-9 * abs(count):
+            details = {**count_info, "greedy_objective": lower, "bounds": {"count": count}}
+            status = Status.OPTIMAL if count - lower <= 1e-9 * abs(count) else Status.FEASIBLE
+            return _finish(problem, greedy, status, count, None if status is Status.OPTIMAL else "gap_limit",
+                           t0, solver, version, seed, details)
     remaining = max(0.0, time_limit - (time.perf_counter() - t0))
+    if progress is not None and count is not None:  # report the tighter of the two bounds, in one clock
+        user_progress, offset = progress, time.perf_counter() - t0
+        progress = lambda o, b, t: user_progress(o, count if b is None else min(b, count), t + offset)  # noqa: E731
     if solver == "cpsat":
         from .cpsat import solve_cpsat
         name, masks, bound, info = solve_cpsat(problem, red, time_limit=remaining, seed=seed, workers=workers,
-                                               linearization=linearization, hint=greedy, progress=progress)
+                                               linearization=linearization, hint=greedy, progress=progress,
+                                               upper=count, gap_limit=gap_limit)
         backend = "cpsat"
     else:
         from .mip import solve_mip
         name, masks, bound, info = solve_mip(problem, red, time_limit=remaining, seed=seed,
                                              linearization=linearization, hint=greedy, **options)
         backend = f"mip-{info.get('mip_solver', 'scip')}"
-    details = {**info, **count_info, "greedy_objective": problem.objective(greedy),
+    details = {**info, **count_info, "greedy_objective": lower,
                "bounds": {backend: bound, "count": count}}
     if count is not None:
         bound = count if bound is None else min(bound, count)
@@ -129,12 +153,15 @@ def solve_channels(
         if problem.objective(masks) < problem.objective(greedy):
             masks = greedy  # the warm start was better than what the solver returned
         status = Status.OPTIMAL if name == "OPTIMAL" else Status.FEASIBLE
-        return _finish(problem, masks, status, bound, None if status is Status.OPTIMAL else "time_limit",
-                       t0, backend, version, seed, details)
+        reason = None if status is Status.OPTIMAL else "time_limit"
+        if status is Status.OPTIMAL and gap_limit > 0:  # CP-SAT says OPTIMAL when the gap limit is met
+            status, reason = Status.FEASIBLE, "gap_limit"
+        return _finish(problem, masks, status, bound, reason, t0, backend, version, seed, details)
     if name == "ERROR":
         warnings.warn(f"{backend} failed ({info.get('native_status')}); returning the greedy plan", RuntimeWarning)
     else:
         warnings.warn(f"{backend} found no solution within {time_limit:g} s; returning the greedy plan "
-                      f"(status FEASIBLE, no certified gap)", RuntimeWarning)
-    return _finish(problem, greedy, Status.FEASIBLE, None, f"{backend}: no solution in time, greedy fallback",
+                      f"(status FEASIBLE, " + ("gap from the count bound)" if count is not None else
+                                               "no certified gap)"), RuntimeWarning)
+    return _finish(problem, greedy, Status.FEASIBLE, count, f"{backend}: no solution in time, greedy fallback",
                    t0, backend, version, seed, details)

@@ -1,27 +1,38 @@
-"""Count bound: a certified upper bound on the kept importance from the kept *counts* alone.
+"""Certified upper bounds from kept *counts*: the count bound and its Lagrangian decomposition.
 
-For a term ``x_g^T W x_h`` and counts ``(m, k)``, no ``m x k`` submatrix of ``W`` holds more
-than ``min(R[m, k], C[m, k])``, where ``R[m, k]`` sums the ``m`` largest row-wise top-``k``
-sums and ``C`` is the column analogue; a linear term keeps at most its top-``m`` prefix sum.
-Maximizing the sum of these tables over counts that meet the budgets is a small problem
-(one integer per group) that CP-SAT bounds tightly in about a second. Large groups are
-bucketed (the table is monotone, so taking each bucket's largest count keeps it valid), and
-table values are rounded up after scaling, so the result is a valid upper bound.
+Count bound. For a term ``x_g^T W x_h`` and counts ``(m, k)``, no ``m x k`` submatrix of
+``W >= 0`` holds more than ``min(R[m, k], C[m, k])``, where ``R[m, k]`` sums the ``m``
+largest row-wise top-``k`` sums and ``C`` is the column analogue; a linear term keeps at most
+its top-``m`` prefix sum. Every term becomes a table over counts, the budgets are costs over
+counts, and "maximize the sum of tables under the budgets" is a problem over one integer per
+group. Its budgets are relaxed with multipliers ``lam >= 0`` (any ``lam`` gives a valid bound;
+we search for the smallest), and each relaxed problem is an exact max-sum over the group graph
+(``elimination.py``). Large groups are bucketed: a bucket's table entry is the largest value
+over its counts and its cost the smallest, so bucketing only loosens the bound; buckets are
+single counts near a reference plan's counts (the greedy plan's) and widen away from it.
+
+Lagrangian decomposition. Each term gets its own copy of its groups' masks; the copies are
+tied to the groups' masks by per-channel multipliers ``mu`` that shift importance between a
+term's copy and the group's own linear term. For every ``mu`` the count bound of the shifted
+problem is a valid bound on the original; subgradient steps on ``mu`` (Polyak steps towards
+the best known plan) lower it. The reported bound is the smallest one seen.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
-from ortools.sat.python import cp_model
 
-from .linearize import integer_cost
+from .elimination import Factor, elimination_order, max_sum
 from .problem import ChannelProblem
 from .reduced import Reduced
 
-MAX_BUCKETS = 64
+NEAR = 12          # single-count buckets on each side of the reference count
+MAX_TABLE = 4_000_000  # largest intermediate table of the elimination (entries)
+SPREAD_WORK = 20_000_000  # weights x single-count buckets sorted per term and iteration
 
 
 def _rowwise(A: np.ndarray, ms: np.ndarray, ks: np.ndarray) -> np.ndarray:
@@ -47,88 +58,335 @@ def pair_table(W: np.ndarray, square: bool = False, rows: np.ndarray | None = No
     return np.minimum(_rowwise(W, rows, cols), _rowwise(W.T, cols, rows).T)
 
 
-def _buckets(allowed: list[int]) -> list[tuple[int, int]]:
-    if len(allowed) <= MAX_BUCKETS:
-        return [(v, v) for v in allowed]
-    edges = np.array_split(np.array(allowed), MAX_BUCKETS)
-    return [(int(e[0]), int(e[-1])) for e in edges]
+@dataclass
+class Buckets:
+    """The allowed counts of one group, split into consecutive buckets."""
+
+    allowed: np.ndarray  # ascending
+    starts: np.ndarray   # index into ``allowed`` where each bucket starts
+
+    @property
+    def lo(self) -> np.ndarray:
+        return self.allowed[self.starts]
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.allowed[np.append(self.starts[1:], len(self.allowed)) - 1]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def best(self, prefix: np.ndarray) -> np.ndarray:
+        """Per bucket, the largest ``prefix[n]`` over its counts ``n``."""
+        return np.maximum.reduceat(prefix[self.allowed], self.starts)
+
+    def argbest(self, prefix: np.ndarray, b: int) -> int:
+        """The count of bucket ``b`` where ``prefix`` is largest."""
+        end = self.starts[b + 1] if b + 1 < len(self.starts) else len(self.allowed)
+        counts = self.allowed[self.starts[b]:end]
+        return int(counts[np.argmax(prefix[counts])])
 
 
-def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, seed: int = 0,
-                hint: np.ndarray | None = None) -> tuple[float | None, dict]:
-    """An upper bound on the optimum (None if nothing was proven in time) and details.
+def make_buckets(allowed: list[int], center: int | None, near: int = NEAR) -> Buckets:
+    """Single counts within ``near`` positions of ``center``, then buckets that double in
+    width away from it (about ``2 * near + 2 * log2(len(allowed))`` buckets in all)."""
+    a = np.asarray(allowed, dtype=np.int64)
+    if len(a) <= 2 * near + 8 and near > 0:
+        return Buckets(a, np.arange(len(a)))
+    c = int(np.clip(np.searchsorted(a, center if center is not None else a[len(a) // 2]), 0, len(a) - 1))
+    starts = set(range(max(0, c - near), min(len(a), c + near + 1)))
+    width, pos = 2, max(0, c - near)
+    while pos > 0:
+        pos = max(0, pos - width)
+        starts.add(pos)
+        width *= 2
+    width, pos = 2, min(len(a), c + near + 1)
+    while pos < len(a):
+        starts.add(pos)
+        pos += width
+        width *= 2
+    starts.add(0)
+    return Buckets(a, np.array(sorted(starts), dtype=np.int64))
 
-    ``hint``: feasible per-group counts (e.g. the greedy plan's); with it CP-SAT starts from a
-    feasible point, so a time limit still leaves a proven bound."""
+
+def _top_prefix(v: np.ndarray) -> np.ndarray:
+    """``p[n]`` = sum of the ``n`` largest entries of ``v`` (``p[0] = 0``)."""
+    return np.concatenate([[0.0], np.cumsum(-np.sort(-v))])
+
+
+@dataclass
+class _Term:
+    """One objective term with its own copy of its groups' masks."""
+
+    g: int
+    h: int  # == g for a square term x^T W x
+    W: np.ndarray
+    row_top: np.ndarray | None = None  # row_top[i, k]: top-k sum of row i (k = 0..cols)
+    col_top: np.ndarray | None = None
+    mu_g: np.ndarray = field(default=None)  # type: ignore[assignment]
+    mu_h: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        z = np.zeros((self.W.shape[0], 1))
+        self.row_top = np.hstack([z, np.cumsum(-np.sort(-self.W, axis=1), axis=1)])
+        if self.g != self.h:
+            z = np.zeros((self.W.shape[1], 1))
+            self.col_top = np.hstack([z, np.cumsum(-np.sort(-self.W.T, axis=1), axis=1)])
+        self.mu_g = np.zeros(self.W.shape[0])
+        self.mu_h = np.zeros(self.W.shape[1])
+
+    def table(self, bg: Buckets, bh: Buckets) -> np.ndarray:
+        """Upper bound on ``y_g^T W y_h + mu_g . y_g + mu_h . y_h`` per pair of buckets
+        (per bucket of ``g`` for a square term).
+
+        With ``|y_h| = k`` the row multipliers can be spread over the kept columns:
+        ``sum_{S,T} W + mu_g(S) = sum_{j in T} sum_{i in S} (W_ij + mu_g_i / k)``, so the
+        column-wise bound takes, per column, the top ``m`` of ``W[:, j] + mu_g / k``; the
+        row-wise bound is the mirror image. Both are exact for ``k = 1`` (resp. ``m = 1``).
+        Where a bucket holds several counts, multipliers are kept apart instead (looser)."""
+        if self.g == self.h:
+            his = np.maximum(bg.hi - 1, 0)
+            return np.array([bg.best(_top_prefix(self.row_top[:, k] + self.mu_g))[b] for b, k in enumerate(his)])
+        a_best, b_best = bg.best(_top_prefix(self.mu_g)), bh.best(_top_prefix(self.mu_h))
+        rows = self._oriented(self.W, self.row_top, self.mu_g, self.mu_h, bg, bh, b_best)
+        cols = self._oriented(self.W.T, self.col_top, self.mu_h, self.mu_g, bh, bg, a_best).T
+        return np.minimum(rows, cols)
+
+    @staticmethod
+    def _oriented(W, top, a, b, bg: Buckets, bh: Buckets, b_best: np.ndarray) -> np.ndarray:
+        """Row-wise bound ``[bucket of g, bucket of h]``: top ``m`` rows of
+        ``a_i + top_k_j (W_ij + b_j / m)`` (single-count buckets of ``g``), else of
+        ``a_i + top_k(W_i)`` plus the top ``k`` of ``b``."""
+        out = np.stack([bg.best(_top_prefix(top[:, k] + a)) for k in bh.hi], axis=1) + b_best[None, :]
+        if not np.any(b):
+            return out
+        singles = np.flatnonzero(bg.lo == bg.hi)
+        if W.size * len(singles) > SPREAD_WORK:
+            return out  # too costly per iteration on large layers: keep the looser bound
+        cols = np.flatnonzero(bh.lo == bh.hi)  # single counts of h: exact spreading
+        ks = bh.lo[cols]
+        for i in singles:
+            m = int(bg.lo[i])
+            if m == 0 or not len(cols):
+                continue
+            shifted = np.hstack([np.zeros((W.shape[0], 1)), np.cumsum(-np.sort(-(W + b[None, :] / m), axis=1), axis=1)])
+            per_row = shifted[:, ks] + a[:, None]                      # (rows, single ks)
+            top_m = -np.sort(-per_row, axis=0)[:m].sum(axis=0)        # best m rows per k
+            out[i, cols] = np.minimum(out[i, cols], top_m)
+        return out
+
+    def choice(self, bg: Buckets, bh: Buckets, lg: int, lh: int) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of the copy near the table's maximizer at buckets ``(lg, lh)``."""
+        if self.g == self.h:
+            score = self.row_top[:, max(bg.hi[lg] - 1, 0)] + self.mu_g
+            m = bg.argbest(_top_prefix(score), lg)
+            y = np.zeros(len(score), bool)
+            y[np.argsort(-score, kind="stable")[:m]] = True
+            return y, y
+        score = self.row_top[:, bh.hi[lh]] + self.mu_g
+        m = bg.argbest(_top_prefix(score), lg)
+        yg = np.zeros(len(score), bool)
+        yg[np.argsort(-score, kind="stable")[:m]] = True
+        colscore = self.W[yg].sum(axis=0) + self.mu_h
+        k = bh.argbest(_top_prefix(colscore), lh)
+        yh = np.zeros(len(colscore), bool)
+        yh[np.argsort(-colscore, kind="stable")[:k]] = True
+        return yg, yh
+
+
+class CountBound:
+    """The count bound of a problem, and its Lagrangian decomposition (see the module doc)."""
+
+    def __init__(self, problem: ChannelProblem, red: Reduced, reference: np.ndarray | None = None,
+                 near: int = NEAR) -> None:
+        self.problem, self.red = problem, red
+        self.vars = list(red.prunable)
+        self.buckets = {g: make_buckets(problem.allowed_counts(g), None if reference is None else int(reference[g]),
+                                        near) for g in self.vars}
+        self.terms = [_Term(p.g, p.h, np.asarray(p.W, dtype=np.float64)) for p in red.pairs]
+        self.linear = {g: np.asarray(w, dtype=np.float64) for g, w in red.linear.items()}
+        self.costs = [self._cost_factors(r) for r in range(len(problem.constraints))]
+        edges = {(min(t.g, t.h), max(t.g, t.h)) for t in self.terms if t.g != t.h}
+        for node, pair, _ in self.costs:
+            edges |= set(pair)
+        self.edges = edges
+        sizes = {g: len(self.buckets[g]) for g in self.vars}
+        self.order, self.largest = elimination_order(self.vars, edges, sizes)
+        self.sizes = sizes
+
+    @property
+    def tractable(self) -> bool:
+        return self.largest <= MAX_TABLE
+
+    def _cost_factors(self, r: int):
+        """Cost ``r`` over buckets, at each bucket's smallest counts: per-group and per-pair
+        tables and a constant."""
+        c = self.problem.constraints[r]
+        frozen, sizes = self.problem.frozen, self.problem.sizes
+        node: dict[int, np.ndarray] = {}
+        pair: dict[tuple[int, int], np.ndarray] = {}
+        const = float(c.cost.constant)
+
+        def add_node(g: int, v: np.ndarray) -> None:
+            node[g] = node.get(g, 0.0) + v
+
+        for (g, h), coef in c.cost.bilinear.items():
+            if frozen[g] and frozen[h]:
+                const += coef * sizes[g] * sizes[h]
+            elif frozen[g] or frozen[h]:
+                f, p = (g, h) if frozen[g] else (h, g)
+                add_node(p, coef * sizes[f] * self.buckets[p].lo.astype(np.float64))
+            elif g == h:
+                add_node(g, coef * self.buckets[g].lo.astype(np.float64) ** 2)
+            else:
+                a, b = min(g, h), max(g, h)
+                t = coef * np.outer(self.buckets[a].lo, self.buckets[b].lo).astype(np.float64)
+                pair[(a, b)] = pair.get((a, b), 0.0) + t
+        for g, coef in c.cost.linear.items():
+            if frozen[g]:
+                const += coef * sizes[g]
+            else:
+                add_node(g, coef * self.buckets[g].lo.astype(np.float64))
+        return node, pair, const
+
+    def _objective_factors(self) -> list[Factor]:
+        shift = {g: np.zeros(self.problem.sizes[g]) for g in self.vars}
+        factors = []
+        for t in self.terms:
+            shift[t.g] -= t.mu_g
+            if t.g != t.h:
+                shift[t.h] -= t.mu_h
+                a, b = (t.g, t.h) if t.g < t.h else (t.h, t.g)
+                tab = t.table(self.buckets[t.g], self.buckets[t.h])
+                factors.append(Factor((a, b), tab if t.g < t.h else tab.T))
+            else:
+                factors.append(Factor((t.g,), t.table(self.buckets[t.g], self.buckets[t.g])))
+        self._node_scores = {}
+        for g in self.vars:
+            score = self.linear.get(g, 0.0) + shift[g]
+            self._node_scores[g] = score
+            factors.append(Factor((g,), self.buckets[g].best(_top_prefix(score))))
+        return factors
+
+    def _relaxed(self, objective: list[Factor], lam: np.ndarray) -> tuple[float, dict[int, int], np.ndarray]:
+        """Value of the budget-relaxed count problem at ``lam``, its labels, and each budget's
+        slack at those labels (cost at bucket minima)."""
+        factors = list(objective)
+        for r, (node, pair, _) in enumerate(self.costs):
+            if lam[r] > 0:
+                factors += [Factor((g,), -lam[r] * v) for g, v in node.items()]
+                factors += [Factor(k, -lam[r] * v) for k, v in pair.items()]
+        value, labels = max_sum(factors, self.order, self.sizes)
+        slack = np.empty(len(self.costs))
+        scale = abs(value)
+        for r, (node, pair, const) in enumerate(self.costs):
+            used = const + sum(float(v[labels[g]]) for g, v in node.items())
+            used += sum(float(v[labels[a], labels[b]]) for (a, b), v in pair.items())
+            budget = self.problem.constraints[r].budget
+            slack[r] = budget - used
+            scale += lam[r] * (abs(budget) + abs(const) + abs(used))
+        dual = value + float(lam @ np.array([self.problem.constraints[r].budget - self.costs[r][2]
+                                               for r in range(len(self.costs))]))
+        # value and lam * budget nearly cancel when lam is large: pad by their rounding error
+        return dual + self.red.constant + 1e-12 * (scale + abs(self.red.constant)), labels, slack
+
+    def _minimize_lam(self, objective: list[Factor], lam: np.ndarray, scale: np.ndarray,
+                      steps: int) -> tuple[float, dict[int, int], np.ndarray]:
+        """Smallest relaxed value over ``lam`` (coordinate-wise bisection from ``lam``)."""
+        best = self._relaxed(objective, lam)
+        best_lam = lam.copy()
+        for _ in range(2 if len(lam) > 1 else 1):
+            for r in range(len(lam)):
+                lo, hi = 0.0, max(best_lam[r] * 2.0, scale[r])
+                cur = best_lam.copy()
+                for _ in range(60):  # grow hi until the relaxed plan fits budget r
+                    cur[r] = hi
+                    res = self._relaxed(objective, cur)
+                    if res[0] < best[0] - 1e-12 * abs(best[0]):  # ties: keep the smaller lam
+                        best, best_lam = res, cur.copy()
+                    if res[2][r] >= 0:
+                        break
+                    lo, hi = hi, hi * 4.0
+                for _ in range(steps):
+                    cur[r] = 0.5 * (lo + hi)
+                    res = self._relaxed(objective, cur)
+                    if res[0] < best[0] - 1e-12 * abs(best[0]):
+                        best, best_lam = res, cur.copy()
+                    if res[2][r] >= 0:
+                        hi = cur[r]
+                    else:
+                        lo = cur[r]
+        lam[:] = best_lam
+        return best
+
+    def solve(self, *, time_limit: float, lower: float, iterations: int | None = None,
+              target_gap: float = 0.0, theta: float = 0.1, patience: int = 20) -> tuple[float, dict]:
+        """The smallest bound found within ``time_limit`` s; ``lower`` is the objective of a
+        known feasible plan (it sets the step sizes and the stopping gap)."""
+        t0 = time.perf_counter()
+        n_cons = len(self.costs)
+        lam = np.zeros(n_cons)
+        full = np.array([max(c.cost.evaluate(self.problem.sizes), 1e-300) for c in self.problem.constraints])
+        top = max(abs(lower), 1e-12) + sum(float(t.W.sum()) for t in self.terms)
+        scale = top / full  # importance per unit of cost: the scale of lam
+        best, history, stale = math.inf, [], 0
+        it = 0
+        while True:
+            objective = self._objective_factors()
+            value, labels, _ = self._minimize_lam(objective, lam, scale, steps=14 if it == 0 else 8)
+            value = value * (1 + 1e-12) + 1e-12 * abs(value)  # float summation margin
+            if not value >= best - 1e-12 * abs(best):  # best starts at inf
+                best, stale = value, 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    theta, stale = theta / 2, 0
+            history.append((time.perf_counter() - t0, best))
+            it += 1
+            gap = (best - lower) / max(abs(best), 1e-300)
+            if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
+                    or time.perf_counter() - t0 > time_limit or theta < 1e-5 or not self.terms):
+                break
+            # subgradient of the decomposition: copy masks minus the groups' own masks
+            sub, norm = [], 0.0
+            own = {}
+            for g in self.vars:
+                score = self._node_scores[g]
+                n = self.buckets[g].argbest(_top_prefix(score), labels[g])
+                x = np.zeros(len(score), bool)
+                x[np.argsort(-score, kind="stable")[:n]] = True
+                own[g] = x
+            for t in self.terms:
+                yg, yh = t.choice(self.buckets[t.g], self.buckets[t.h], labels[t.g], labels[t.h])
+                dg = yg.astype(float) - own[t.g]
+                dh = (yh.astype(float) - own[t.h]) if t.g != t.h else np.zeros_like(t.mu_h)
+                sub.append((dg, dh))
+                norm += float(dg @ dg + dh @ dh)
+            if norm == 0:
+                break  # copies agree with the groups: the decomposition cannot get tighter here
+            step = theta * (value - lower) / norm
+            for t, (dg, dh) in zip(self.terms, sub):
+                t.mu_g -= step * dg
+                t.mu_h -= step * dh
+        return float(best), {"count_bound_iterations": it, "count_bound_time": time.perf_counter() - t0,
+                      "count_bound_first": float(history[0][1]) if history else None,
+                      "count_bound_largest_table": self.largest}
+
+
+def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, reference: np.ndarray | None = None,
+                lower: float = 0.0, iterations: int | None = None, target_gap: float = 0.0) -> tuple[float | None, dict]:
+    """An upper bound on the optimum (None when the group graph is too dense for exact
+    elimination) and details. ``iterations=1`` gives the plain count bound; more run the
+    Lagrangian decomposition. ``reference``: counts of a good plan (bucket centres);
+    ``lower``: its objective."""
     t0 = time.perf_counter()
-    P = red.prunable
-    if not P:
+    if not red.prunable:
         return red.constant, {"count_bound_time": 0.0}
-    model = cp_model.CpModel()
-    buckets = {g: _buckets(problem.allowed_counts(g)) for g in P}
-    B, N = {}, {}
-    for g in P:
-        bk = buckets[g]
-        B[g] = model.NewIntVar(0, len(bk) - 1, f"B{g}")
-        N[g] = model.NewIntVarFromDomain(cp_model.Domain.FromValues(problem.allowed_counts(g)), f"N{g}")
-        lo = model.NewIntVar(bk[0][0], bk[-1][0], "")
-        hi = model.NewIntVar(bk[0][1], bk[-1][1], "")
-        model.AddElement(B[g], [b[0] for b in bk], lo)
-        model.AddElement(B[g], [b[1] for b in bk], hi)
-        model.Add(N[g] >= lo)
-        model.Add(N[g] <= hi)
-    products = {}
-
-    def product(g: int, h: int):
-        if (g, h) not in products:
-            v = model.NewIntVar(0, problem.sizes[g] * problem.sizes[h], "")
-            model.AddMultiplicationEquality(v, [N[g], N[h]])
-            products[(g, h)] = v
-        return products[(g, h)]
-
-    for r in range(len(problem.constraints)):
-        bil, lin, const, budget = integer_cost(problem, r)
-        model.Add(sum(c * product(g, h) for (g, h), c in bil.items()) + sum(c * N[g] for g, c in lin.items())
-                  + const <= budget)
-
-    tables = []  # (groups, values at bucket maxima)
-    for g, w in red.linear.items():
-        if np.any(w > 0):
-            pref = np.concatenate([[0.0], np.cumsum(-np.sort(-w))])
-            tables.append(((g,), np.array([pref[hi] for _, hi in buckets[g]])))
-    for pr in red.pairs:
-        hg = np.array([hi for _, hi in buckets[pr.g]])
-        if pr.g == pr.h:
-            tables.append(((pr.g,), pair_table(pr.W, square=True, rows=hg)))
-        else:
-            hh = np.array([hi for _, hi in buckets[pr.h]])
-            tables.append(((pr.g, pr.h), pair_table(pr.W, rows=hg, cols=hh)))
-    top = sum(float(v.max()) for _, v in tables)
-    S = 1e9 / top if top > 0 else 1.0
-    terms = []
-    for groups, vals in tables:
-        ints = [int(math.ceil(v * S)) for v in vals.ravel()]
-        t = model.NewIntVar(0, max(ints), "")
-        if len(groups) == 1:
-            model.AddElement(B[groups[0]], ints, t)
-        else:
-            g, h = groups
-            idx = model.NewIntVar(0, len(ints) - 1, "")
-            model.Add(idx == B[g] * vals.shape[1] + B[h])
-            model.AddElement(idx, ints, t)
-        terms.append(t)
-    model.Maximize(sum(terms))
-    if hint is not None:
-        for g in P:
-            n = int(hint[g])
-            model.AddHint(N[g], n)
-            model.AddHint(B[g], next(i for i, (lo, hi) in enumerate(buckets[g]) if lo <= n <= hi))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(time_limit, 0.0)
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = int(seed)
-    status = solver.Solve(model)
-    info = {"count_bound_status": solver.StatusName(status), "count_bound_time": time.perf_counter() - t0}
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None, info
-    return red.constant + solver.BestObjectiveBound() / S, info
+    cb = CountBound(problem, red, reference)
+    if not cb.tractable:
+        return None, {"count_bound_time": time.perf_counter() - t0, "count_bound_largest_table": cb.largest,
+                      "count_bound_status": "skipped: the group graph is too dense for exact elimination"}
+    bound, info = cb.solve(time_limit=max(0.0, time_limit - (time.perf_counter() - t0)), lower=lower,
+                           iterations=iterations, target_gap=target_gap)
+    info["count_bound_time"] = time.perf_counter() - t0
+    return bound, info

@@ -101,10 +101,11 @@ def build_cpsat(problem: ChannelProblem, red: Reduced, linearization: str):
                 model.Add(z <= cp_model.LinearExpr.WeightedSum([x[cg][b] for b in nz], irow[nz].tolist()))
                 terms.append(z)
         slack += 0.5 * np.count_nonzero(pr.W)
-    model.Maximize(cp_model.LinearExpr.Sum(terms))
+    objective = cp_model.LinearExpr.Sum(terms)
+    model.Maximize(objective)
     info = {"linearization": method, "resolution": 1.0 / S, "nonzero_weights": nonzeros(red),
             "variables": len(model.Proto().variables), "constraints": len(model.Proto().constraints)}
-    return model, x, N, products, aux, S, slack, info
+    return model, x, N, products, aux, S, slack, objective, info
 
 
 def add_hint(model: cp_model.CpModel, x, N, products, aux, masks: list[np.ndarray]) -> None:
@@ -124,8 +125,15 @@ def add_hint(model: cp_model.CpModel, x, N, products, aux, masks: list[np.ndarra
 
 
 def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, workers: int,
-                linearization: str, hint: list[np.ndarray] | None, progress: Callable | None):
-    model, x, N, products, aux, S, slack, info = build_cpsat(problem, red, linearization)
+                linearization: str, hint: list[np.ndarray] | None, progress: Callable | None,
+                upper: float | None = None, gap_limit: float = 0.0):
+    """``upper``: a proven bound on the objective (the count bound), added as a cut on the
+    integer objective (valid after rounding: ``|S*f - F| <= slack``); ``gap_limit``: CP-SAT's
+    relative gap limit."""
+    model, x, N, products, aux, S, slack, objective, info = build_cpsat(problem, red, linearization)
+    if upper is not None and np.isfinite(upper):
+        model.Add(objective <= int(np.floor((upper - red.constant) * (1 + 1e-9) * S + slack + 1)))
+        info["objective_cut"] = True
     if hint is not None:
         add_hint(model, x, N, products, aux, hint)
     solver = cp_model.CpSolver()
@@ -135,6 +143,8 @@ def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, see
     prm.random_seed = int(seed)
     if workers > 1:
         prm.interleave_search = True
+    if gap_limit > 0:
+        prm.relative_gap_limit = float(gap_limit)
     if info["variables"] > PRESOLVE_LIMIT:
         # measured on ResNet-50 (24.7k variables): presolve alone used a 30 s limit and no
         # solution came back; without it CP-SAT reports a solution and a bound in time

@@ -16,11 +16,11 @@ from qcqp_prune.solvers.mip import MATHOPT_STATUS
 
 
 @st.composite
-def problems(draw, max_channels: int = 11):
+def problems(draw, max_channels: int = 11, max_size: int = 4):
     """Chains, residual groups shared by several layers, concat-like layers reading two
     groups, squares (g == h), frozen groups, min_keep / round_to, 1-2 budgets."""
     n = draw(st.integers(2, 5))
-    sizes = [draw(st.integers(1, 4)) for _ in range(n)]
+    sizes = [draw(st.integers(1, max_size)) for _ in range(n)]
     while sum(sizes) > max_channels:
         sizes[int(np.argmax(sizes))] -= 1
     frozen = [draw(st.booleans()) if g == 0 else draw(st.sampled_from([False, False, False, True])) for g in range(n)]
@@ -102,7 +102,7 @@ def test_mip_finds_the_exhaustive_optimum(problem):
 @given(problems(), st.sampled_from(["pairwise", "glover"]))
 def test_both_linearizations_are_exact(problem, lin):
     best = solve_channels(problem, "exhaustive")
-    sol = solve_channels(problem, "cpsat", linearization=lin)
+    sol = solve_channels(problem, "cpsat", linearization=lin, count_bound=False)  # CP-SAT itself
     assert sol.details["linearization"] == lin
     assert sol.objective == pytest.approx(best.objective, rel=1e-6, abs=1e-9)
 
@@ -128,8 +128,13 @@ def test_time_limit_returns_best_feasible_plan_with_gap():
 def test_zero_time_limit_falls_back_to_greedy_with_a_warning():
     p = _layered()
     with pytest.warns(RuntimeWarning, match="greedy"):
-        sol = solve_channels(p, "cpsat", time_limit=0.0)
+        sol = solve_channels(p, "cpsat", time_limit=0.0, count_bound=False)
     assert sol.status is Status.FEASIBLE and sol.gap is None and p.feasible(sol.masks)
+    # the count bound's first pass always runs (milliseconds), so the fallback still has a gap
+    with pytest.warns(RuntimeWarning, match="gap from the count bound"):
+        sol = solve_channels(p, "cpsat", time_limit=0.0)
+    assert sol.status is Status.FEASIBLE and p.feasible(sol.masks)
+    assert sol.bound >= sol.objective and 0 < sol.gap < 1
 
 
 def test_same_seed_same_masks():
@@ -207,3 +212,57 @@ def test_count_bound_is_at_least_the_optimum(problem):
     if count is not None:
         assert count >= best.objective * (1 - 1e-9) - 1e-9
     assert sol.bound >= best.objective * (1 - 1e-9) - 1e-9
+    assert (sol.gap == 0.0) <= (sol.objective >= best.objective * (1 - 1e-9))
+
+
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(problems(max_channels=15, max_size=10), st.sampled_from([0, 1, 12]), st.sampled_from([1, 60]), st.booleans())
+def test_bucketed_count_bound_and_decomposition_are_at_least_the_optimum(problem, near, iterations, centred):
+    """Buckets (near=0 buckets every group of more than one count), multipliers pushed hard
+    (Polyak steps aimed 10% below the optimum): every bound stays at or above the optimum."""
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    best = solve_channels(problem, "exhaustive")
+    cb = CountBound(problem, reduce_problem(problem), problem.counts(best.masks) if centred else None, near=near)
+    bound, info = cb.solve(time_limit=10.0, lower=0.9 * best.objective, iterations=iterations)
+    assert bound >= best.objective * (1 - 1e-9) - 1e-9
+    assert info["count_bound_first"] >= bound
+
+
+def test_max_sum_elimination_matches_enumeration_on_cyclic_graphs():
+    import itertools
+    from qcqp_prune.solvers.elimination import Factor, elimination_order, max_sum
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n = int(rng.integers(2, 6))
+        sizes = {v: int(rng.integers(1, 4)) for v in range(n)}
+        edges = {(a, b) for a in range(n) for b in range(a + 1, n) if rng.random() < 0.6}
+        factors = [Factor((v,), rng.normal(size=sizes[v])) for v in range(n)]
+        factors += [Factor((a, b), rng.normal(size=(sizes[a], sizes[b]))) for a, b in edges]
+        order, largest = elimination_order(list(range(n)), edges, sizes)
+        value, labels = max_sum(factors, order, sizes)
+        best = max(sum(f.table[tuple(lab[v] for v in f.vars)] for f in factors)
+                   for lab in itertools.product(*[range(sizes[v]) for v in range(n)]))
+        assert value == pytest.approx(best, abs=1e-12)
+        assert sum(f.table[tuple(labels[v] for v in f.vars)] for f in factors) == pytest.approx(best, abs=1e-12)
+        assert largest <= int(np.prod(list(sizes.values())))
+
+
+def test_count_bound_certifies_a_layered_problem_far_tighter_than_cpsat_alone():
+    p = _layered(seed=2, size=24, n=6, frac=0.5)
+    alone = solve_channels(p, "cpsat", time_limit=2.0, count_bound=False)
+    both = solve_channels(p, "cpsat", time_limit=2.0)
+    assert both.bound <= alone.bound * (1 + 1e-12)
+    assert both.details["bounds"]["count"] is not None
+    assert both.gap <= 0.5 * alone.gap
+
+
+def test_gap_limit_stops_early_with_a_certified_gap():
+    p = _layered(seed=2, size=24, n=6, frac=0.5)
+    sol = solve_channels(p, "cpsat", time_limit=30.0, gap_limit=0.2)
+    assert sol.gap is not None and sol.gap <= 0.2
+    assert sol.status in (Status.FEASIBLE, Status.OPTIMAL)
+    assert (sol.status is Status.FEASIBLE) <= (sol.stop_reason == "gap_limit")
+    with pytest.raises(ValueError, match="gap_limit"):
+        solve_channels(p, "cpsat", gap_limit=1.5)
