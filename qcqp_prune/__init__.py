@@ -25,6 +25,7 @@ from .importance import CRITERIA
 from .latency import LatencyModel, fit_latency, measure_latency
 from .plan import PruningPlan, plan_channels
 from .solvers.problem import QuadraticCost
+from .solvers.result import InfeasibleBudgetError
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,6 @@ def load_plan(path: str) -> PruningPlan:
 __all__ = [
     "Absolute", "Budget", "CRITERIA", "LatencyModel", "fit_latency", "measure_latency", "PruningPlan", "load_plan", "plan_channels",
     "ChannelGraph", "ChannelGroup", "ChannelMask", "Member", "PrunableLayer", "QuadraticCost",
-    "RESOURCES", "TraceError", "bake_masks", "cost_model", "evaluate_costs", "mask_model",
+    "InfeasibleBudgetError", "RESOURCES", "TraceError", "bake_masks", "cost_model", "evaluate_costs", "mask_model",
     "slim_model", "trace", "validate_masks",
 ]

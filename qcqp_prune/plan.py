@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -211,6 +212,10 @@ def plan_channels(
     if not isinstance(time_limit, (int, float)) or not math.isfinite(time_limit) or time_limit < 0:
         raise ValueError(f"time_limit={time_limit!r} must be a finite number of seconds >= 0")
     graph = graph or build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules)
+    if not graph.prunable_groups:
+        warnings.warn(f"the model has no prunable channel group ({len(graph.groups)} groups, all frozen: "
+                      f"{'; '.join(sorted({r for rs in graph.frozen_reasons.values() for r in rs}))[:300]}); the plan keeps every "
+                      f"channel", UserWarning, stacklevel=2)
     costs = cost_model(graph)
     if latency_model is not None:
         costs["latency"] = latency_model.cost(graph)

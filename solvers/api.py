@@ -123,6 +123,11 @@ def solve_channels(
         share = min(0.3 * time_limit, 30.0) if bound_time is None else float(bound_time)
         count, count_info = count_bound(problem, red, time_limit=share, reference=problem.counts(greedy),
                                         lower=lower, target_gap=gap_limit)
+        if count_info.pop("interrupted", False):
+            warnings.warn("interrupted while bounding; returning the greedy plan", RuntimeWarning)
+            bound = count if count is not None and math.isfinite(count) else None
+            return _finish(problem, greedy, Status.FEASIBLE, bound, "interrupted", t0, solver, version, seed,
+                           {**count_info, "greedy_objective": lower, "bounds": {"count": bound}})
         if progress and count is not None:
             progress(lower, max(count, lower), time.perf_counter() - t0)
         if count is not None and count - lower <= gap_limit * abs(count) + 1e-9 * abs(count):
@@ -153,7 +158,7 @@ def solve_channels(
         if problem.objective(masks) < problem.objective(greedy):
             masks = greedy  # the warm start was better than what the solver returned
         status = Status.OPTIMAL if name == "OPTIMAL" else Status.FEASIBLE
-        reason = None if status is Status.OPTIMAL else "time_limit"
+        reason = None if status is Status.OPTIMAL else ("interrupted" if info.get("interrupted") else "time_limit")
         if status is Status.OPTIMAL and gap_limit > 0:  # CP-SAT says OPTIMAL when the gap limit is met
             status, reason = Status.FEASIBLE, "gap_limit"
         return _finish(problem, masks, status, bound, reason, t0, backend, version, seed, details)

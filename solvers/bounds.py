@@ -331,9 +331,14 @@ class CountBound:
         scale = top / full  # importance per unit of cost: the scale of lam
         best, history, stale = math.inf, [], 0
         it = 0
+        interrupted = False
         while True:
-            objective = self._objective_factors()
-            value, labels, _ = self._minimize_lam(objective, lam, scale, steps=14 if it == 0 else 8)
+            try:
+                objective = self._objective_factors()
+                value, labels, _ = self._minimize_lam(objective, lam, scale, steps=14 if it == 0 else 8)
+            except KeyboardInterrupt:  # Ctrl-C: keep the best bound so far, let the caller stop
+                interrupted = True
+                break
             value = value * (1 + 1e-12) + 1e-12 * abs(value)  # float summation margin
             if not value >= best - 1e-12 * abs(best):  # best starts at inf
                 best, stale = value, 0
@@ -368,7 +373,7 @@ class CountBound:
             for t, (dg, dh) in zip(self.terms, sub):
                 t.mu_g -= step * dg
                 t.mu_h -= step * dh
-        return float(best), {"count_bound_iterations": it, "count_bound_time": time.perf_counter() - t0,
+        return float(best), {"count_bound_iterations": it, "interrupted": interrupted, "count_bound_time": time.perf_counter() - t0,
                       "count_bound_first": float(history[0][1]) if history else None,
                       "count_bound_largest_table": self.largest}
 

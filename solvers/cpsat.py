@@ -160,6 +160,10 @@ def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, see
         for g in red.prunable:
             masks[g] = np.array([solver.BooleanValue(v) for v in x[g]], dtype=bool)
         bound = bound_units(solver.BestObjectiveBound())
+    # CP-SAT catches Ctrl-C itself and returns its best solution: tell that apart from the limit
+    stopped_early = name == "FEASIBLE" and solver.WallTime() < 0.95 * float(time_limit) and not (
+        gap_limit > 0 and bound is not None and bound - to_units(solver.ObjectiveValue()) <= gap_limit * abs(bound))
     info.update({"native_status": solver.StatusName(status), "wall_time": solver.WallTime(),
+                 "interrupted": bool(stopped_early),
                  "workers": int(workers), "deterministic": workers == 1 or bool(prm.interleave_search)})
     return name, masks, bound, info
