@@ -9,6 +9,7 @@ linearization of the bilinear objective; greedy warm start via solution hints.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -124,6 +125,35 @@ def add_hint(model: cp_model.CpModel, x, N, products, aux, masks: list[np.ndarra
             model.AddHint(v, int(min(M * int(masks[g][a]), int(np.dot(w, masks[h][nz])))))
 
 
+def _solve_interruptibly(solver: cp_model.CpSolver, model: cp_model.CpModel, cb) -> tuple[int, bool]:
+    """Solve in a worker thread so that Ctrl-C in the main thread stops the search and keeps the
+    best solution. CP-SAT's own SIGINT handling is off: once installed it stays in the process and
+    a later Ctrl-C would kill Python outright instead of raising KeyboardInterrupt."""
+    solver.parameters.catch_sigint_signal = False
+    result: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            result.append(solver.Solve(model, cb))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+            result.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    interrupted = False
+    while not done.is_set():  # (not Thread.join: an interrupted join can mark a live thread dead)
+        try:
+            done.wait(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
+            solver.StopSearch()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0], interrupted
+
+
 def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, workers: int,
                 linearization: str, hint: list[np.ndarray] | None, progress: Callable | None,
                 upper: float | None = None, gap_limit: float = 0.0):
@@ -152,7 +182,7 @@ def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, see
     to_units = lambda v: red.constant + v / S  # noqa: E731
     bound_units = lambda v: red.constant + (v + slack) / S  # noqa: E731
     cb = _Progress(progress, to_units, bound_units) if progress else None
-    status = solver.Solve(model, cb)
+    status, interrupted = _solve_interruptibly(solver, model, cb)
     name = CPSAT_STATUS.get(status, "ERROR")
     masks, bound = None, None
     if name in ("OPTIMAL", "FEASIBLE"):
@@ -160,10 +190,7 @@ def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, see
         for g in red.prunable:
             masks[g] = np.array([solver.BooleanValue(v) for v in x[g]], dtype=bool)
         bound = bound_units(solver.BestObjectiveBound())
-    # CP-SAT catches Ctrl-C itself and returns its best solution: tell that apart from the limit
-    stopped_early = name == "FEASIBLE" and solver.WallTime() < 0.95 * float(time_limit) and not (
-        gap_limit > 0 and bound is not None and bound - to_units(solver.ObjectiveValue()) <= gap_limit * abs(bound))
     info.update({"native_status": solver.StatusName(status), "wall_time": solver.WallTime(),
-                 "interrupted": bool(stopped_early),
+                 "interrupted": interrupted,
                  "workers": int(workers), "deterministic": workers == 1 or bool(prm.interleave_search)})
     return name, masks, bound, info

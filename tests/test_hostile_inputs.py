@@ -141,3 +141,21 @@ def test_ctrl_c_during_a_solve_returns_the_best_plan_so_far(phase, bound_time, a
     assert sol.stop_reason == "interrupted" and sol.status.value == "FEASIBLE"
     assert problem.feasible(sol.masks)
     assert sol.bound is None or sol.bound >= sol.objective
+
+
+def test_ctrl_c_after_a_cpsat_solve_still_raises_keyboard_interrupt(tmp_path):
+    """CP-SAT's own SIGINT handler, once installed, stays in the process and kills Python on a
+    later Ctrl-C (exit 130, no cleanup); ours is used instead. Checked in a subprocess."""
+    import subprocess
+    import sys
+    script = tmp_path / "after_solve.py"
+    script.write_text(
+        "import os, signal, threading, time, numpy as np\n"
+        "from qcqp_prune.solvers import *\n"
+        "p = ChannelProblem((4, 4), (False, False), bilinear=(BilinearTerm(0, 1, np.ones((4, 4))),),\n"
+        "    constraints=(ResourceConstraint('flops', QuadraticCost({(0, 1): 1.0}), 6.0),))\n"
+        "solve_channels(p, 'cpsat', time_limit=2, count_bound=False)\n"
+        "threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+        "try:\n    time.sleep(5)\nexcept KeyboardInterrupt:\n    print('clean')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "clean" in out.stdout, (out.returncode, out.stderr[-500:])
