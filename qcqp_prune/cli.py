@@ -124,7 +124,8 @@ def cmd_plan(args) -> int:
     progress = _progress(not args.quiet)
     plan = qp.plan_channels(model, x, budget, importance=args.importance, solver=args.solver,
                             time_limit=args.time_limit, seed=args.seed, graph=graph,
-                            latency_model=latency_model, progress=progress)
+                            latency_model=latency_model, progress=progress,
+                            **({"gap_limit": args.gap_limit} if args.solver in ("cpsat", "mip") else {}))
     if progress is not None:
         progress.final(plan.objective, plan.bound, plan.wall_time)
     print(plan.summary())
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="cpsat", choices=["cpsat", "mip", "greedy", "relaxation"])
     p.add_argument("--importance", default="l2", choices=["l2", "l1", "bn_scale"])
     p.add_argument("--time-limit", type=float, default=30.0)
+    p.add_argument("--gap-limit", type=float, default=0.0,
+                   help="stop once the certified relative gap is at most this (e.g. 0.005); default: prove optimality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="plan JSON to write")
     p.add_argument("--encoding", default="indices", choices=["indices", "bitmap"])

@@ -47,10 +47,15 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
         "no_budget": start("plan", *MODEL),
         "bad_flag": start("plan", *MODEL, "--flops", "0.5", "--solver", "magic"),
         "missing_plan": start("inspect", str(tmp_path / "missing.json")),
+        "gap_limit": start("plan", *MODEL, "--flops", "0.7", "--gap-limit", "0.05", "--time-limit", "60",
+                           "--out", str(tmp_path / "gap.json"), "--quiet"),
     }
     r = {k: finish(p) for k, p in procs.items()}
 
     assert r["plan"].returncode == 0, r["plan"].stderr
+    assert r["gap_limit"].returncode == 0, r["gap_limit"].stderr
+    gap_doc = json.loads((tmp_path / "gap.json").read_text())
+    assert gap_doc["solver"]["gap"] <= 0.05 and gap_doc["solver"]["stop_reason"] in ("gap_limit", None)
     assert "tracing zoo:resnet20" in r["plan"].stderr and "incumbent" in r["plan"].stderr
     assert "certified gap" in r["plan"].stdout and "layer1.0.conv1" in r["plan"].stdout
     assert "budget: flops <= 50% of the unpruned model, params <= 250.000k (absolute)" in r["plan"].stdout
@@ -81,7 +86,7 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
     assert r["other"].returncode == 1 and "another architecture" in one_error_line(r["other"])
     assert not (tmp_path / "other.pt").exists()
     assert saved_model.read_bytes() == before  # the user's model file is never written
-    assert sorted(os.listdir(tmp_path)) == ["mask.pt", "plan.json", "plan.png", "resnet20.pt", "slim.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["gap.json", "mask.pt", "plan.json", "plan.png", "resnet20.pt", "slim.pt"]
 
     slim = torch.load(tmp_path / "slim.pt", weights_only=False)
     masked = torch.load(tmp_path / "mask.pt", weights_only=False)
