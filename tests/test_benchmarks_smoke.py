@@ -33,3 +33,18 @@ def test_accuracy_benchmark_smoke(tmp_path):
     r = rows(out + ".csv")
     assert {x["method"] for x in r} >= {"greedy", "uniform-l1", "unpruned"}
     assert os.path.exists(out + ".png")
+
+
+def test_latency_benchmark_smoke(tmp_path):
+    import latency
+    out = str(tmp_path / "latency")
+    latency.main(["--models", "resnet56", "--cifar-batch", "1", "--heldout", "2", "--calibrate", "2",
+                  "--repeats", "1", "--samples", "2", "--layer-repeats", "1", "--passes", "1",
+                  "--time-limit", "2", "--quiet", "--out", out])
+    r = rows(out + ".csv")
+    assert {x["set"] for x in r} == {"full", "calibration", "heldout", "plan"}
+    assert {x["config"] for x in r if x["set"] == "plan"} == {
+        "plan (predicted unpruned)", "plan (measured unpruned)", "full (plan rounds)"}
+    assert os.path.exists(out + "_resnet56.json") and os.path.exists(out + ".png")
+    md = open(out + ".md").read()
+    assert "load average" in md and "Budget.absolute(latency=0.6 * lm.measured_full_ms)" in md

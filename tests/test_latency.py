@@ -260,3 +260,40 @@ def test_random_and_calibration_masks() -> None:
             if g.frozen:
                 assert m.all()
     calibrate_latency(synthetic_model(graph), graph, [graph.sizes().tolist()], [3.0])
+
+
+def test_measured_full_ms_is_the_calibrated_unpruned_latency(tmp_path) -> None:
+    """``measured_full_ms`` is the unpruned network's measurement from the calibration (None
+    when the first configuration was not the unpruned network or there was no calibration);
+    ``Budget(latency=f)`` is f x the *predicted* unpruned latency, and
+    ``Budget.absolute(latency=f * lm.measured_full_ms)`` gives f x the measured one."""
+    model = zoo.resnet20().eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = qp.trace(model, x)
+    lm = synthetic_model(graph, seed=4)
+    assert lm.measured_full_ms is None  # not calibrated
+    full = graph.sizes().tolist()
+    pruned = [[int(m.sum()) for m in helper_masks(graph, seed, keep=keep)]
+              for seed, keep in enumerate((0.3, 0.4, 0.5, 0.6, 0.7, 0.8))]
+    # pruned networks run as the model says; the unpruned one 20% faster (as with oneDNN's
+    # fast kernels at channel counts that are multiples of 16, which pruned counts rarely are)
+    meas = [0.8 * lm.predict(graph, full)] + [lm.predict(graph, c) for c in pruned]
+    calibrate_latency(lm, graph, [full] + pruned, meas, prior=0.0)
+    assert lm.measured_full_ms == pytest.approx(meas[0])
+    predicted_full = lm.predict(graph, full)
+    assert predicted_full > 1.02 * lm.measured_full_ms  # one smooth fit cannot follow both
+    lm.save(tmp_path / "m.json")
+    assert LatencyModel.load(tmp_path / "m.json").measured_full_ms == pytest.approx(meas[0])
+
+    by_prediction = qp.plan_channels(model, x, qp.Budget(latency=0.6), solver="greedy", latency_model=lm, graph=graph)
+    by_measurement = qp.plan_channels(model, x, qp.Budget.absolute(latency=0.6 * lm.measured_full_ms),
+                                      solver="greedy", latency_model=lm, graph=graph)
+    assert by_prediction.limits["latency"] == pytest.approx(0.6 * predicted_full)
+    assert by_measurement.limits["latency"] == pytest.approx(0.6 * meas[0])
+    assert by_measurement.cost["latency"] <= 0.6 * meas[0] * (1 + 1e-9)
+    assert by_measurement.cost["latency"] < by_prediction.limits["latency"]
+
+    # a first configuration that is not the unpruned network gives no unpruned measurement
+    calibrate_latency(lm, graph, pruned, meas[1:], prior=0.0)
+    assert lm.measured_full_ms is None
+
