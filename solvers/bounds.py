@@ -32,6 +32,7 @@ from .reduced import Reduced
 
 NEAR = 12          # single-count buckets on each side of the reference count
 MAX_TABLE = 4_000_000  # largest intermediate table of the elimination (entries)
+MAX_LABELS = 400      # buckets per group after refinement (MAX_TABLE also caps it)
 SPREAD_WORK = 20_000_000  # weights x single-count buckets sorted per term and iteration
 
 
@@ -183,15 +184,21 @@ class _Term:
             y = np.zeros(len(score), bool)
             y[np.argsort(-score, kind="stable")[:m]] = True
             return y, y
-        score = self.row_top[:, bh.hi[lh]] + self.mu_g
-        m = bg.argbest(_top_prefix(score), lg)
-        yg = np.zeros(len(score), bool)
-        yg[np.argsort(-score, kind="stable")[:m]] = True
-        colscore = self.W[yg].sum(axis=0) + self.mu_h
-        k = bh.argbest(_top_prefix(colscore), lh)
-        yh = np.zeros(len(colscore), bool)
-        yh[np.argsort(-colscore, kind="stable")[:k]] = True
-        return yg, yh
+        m = bg.argbest(_top_prefix(self.row_top[:, bh.hi[lh]] + self.mu_g), lg)
+        k = bh.argbest(_top_prefix(self.col_top[:, bg.hi[lg]] + self.mu_h), lh)
+        best, pick = -np.inf, None
+        for W, a, b, r, c in ((self.W, self.mu_g, self.mu_h, m, k), (self.W.T, self.mu_h, self.mu_g, k, m)):
+            # rows first (spreading the column multipliers), then the best columns for those rows
+            score = a + (np.sort(W + b[None, :] / max(r, 1), axis=1)[:, ::-1][:, :c].sum(axis=1) if c else 0.0)
+            rows = np.zeros(len(a), bool)
+            rows[np.argsort(-score, kind="stable")[:r]] = True
+            colscore = W[rows].sum(axis=0) + b
+            cols = np.zeros(len(b), bool)
+            cols[np.argsort(-colscore, kind="stable")[:c]] = True
+            value = float(W[np.ix_(rows, cols)].sum() + a[rows].sum() + b[cols].sum())
+            if value > best:
+                best, pick = value, ((rows, cols) if W is self.W else (cols, rows))
+        return pick
 
 
 class CountBound:
@@ -210,13 +217,40 @@ class CountBound:
         for node, pair, _ in self.costs:
             edges |= set(pair)
         self.edges = edges
-        sizes = {g: len(self.buckets[g]) for g in self.vars}
-        self.order, self.largest = elimination_order(self.vars, edges, sizes)
-        self.sizes = sizes
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.costs = [self._cost_factors(r) for r in range(len(self.problem.constraints))]
+        self.sizes = {g: len(self.buckets[g]) for g in self.vars}
+        self.order, self.largest = elimination_order(self.vars, self.edges, self.sizes)
 
     @property
     def tractable(self) -> bool:
         return self.largest <= MAX_TABLE
+
+    def refine(self, labels: dict[int, int], parts: int = 8) -> bool:
+        """Split every chosen bucket that holds several counts into up to ``parts`` buckets
+        (wide buckets are where the bound is loosest: importance at the largest count, cost at
+        the smallest); False when nothing was split or the elimination would grow too large."""
+        old = dict(self.buckets)
+        changed = False
+        for g in self.vars:
+            b, lab = self.buckets[g], labels[g]
+            if b.lo[lab] == b.hi[lab] or len(b) >= MAX_LABELS:
+                continue
+            start = int(b.starts[lab])
+            end = int(b.starts[lab + 1]) if lab + 1 < len(b) else len(b.allowed)
+            cuts = np.unique(np.linspace(start, end, parts + 1).astype(np.int64)[:-1])
+            self.buckets[g] = Buckets(b.allowed, np.union1d(b.starts, cuts))
+            changed = True
+        if not changed:
+            return False
+        self._rebuild()
+        if not self.tractable:
+            self.buckets = old
+            self._rebuild()
+            return False
+        return True
 
     def _cost_factors(self, r: int):
         """Cost ``r`` over buckets, at each bucket's smallest counts: per-group and per-pair
@@ -320,7 +354,8 @@ class CountBound:
         return best
 
     def solve(self, *, time_limit: float, lower: float, iterations: int | None = None,
-              target_gap: float = 0.0, theta: float = 0.1, patience: int = 20) -> tuple[float, dict]:
+              target_gap: float = 0.0, theta: float = 0.3, patience: int = 60,
+              max_refinements: int = 30) -> tuple[float, dict]:
         """The smallest bound found within ``time_limit`` s; ``lower`` is the objective of a
         known feasible plan (it sets the step sizes and the stopping gap)."""
         t0 = time.perf_counter()
@@ -332,6 +367,7 @@ class CountBound:
         best, history, stale = math.inf, [], 0
         it = 0
         interrupted = False
+        refinements = 0
         while True:
             try:
                 objective = self._objective_factors()
@@ -348,6 +384,11 @@ class CountBound:
                     theta, stale = theta / 2, 0
             history.append((time.perf_counter() - t0, best))
             it += 1
+            if (refinements < max_refinements and time.perf_counter() - t0 <= time_limit
+                    and not (iterations is not None and it >= iterations) and self.refine(labels)):
+                refinements += 1
+                stale = 0
+                continue  # re-solve with the chosen buckets split before moving the multipliers
             gap = (best - lower) / max(abs(best), 1e-300)
             if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
                     or time.perf_counter() - t0 > time_limit or theta < 1e-5 or not self.terms):
@@ -373,7 +414,8 @@ class CountBound:
             for t, (dg, dh) in zip(self.terms, sub):
                 t.mu_g -= step * dg
                 t.mu_h -= step * dh
-        return float(best), {"count_bound_iterations": it, "interrupted": interrupted, "count_bound_time": time.perf_counter() - t0,
+        return float(best), {"count_bound_iterations": it, "interrupted": interrupted,
+                             "count_bound_refinements": refinements, "count_bound_time": time.perf_counter() - t0,
                       "count_bound_first": float(history[0][1]) if history else None,
                       "count_bound_largest_table": self.largest}
 
