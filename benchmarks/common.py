@@ -18,7 +18,8 @@ def machine() -> str:
     import torch
     return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; Python "
             f"{platform.python_version()}, torch {torch.__version__}, ortools {ortools.__version__}, "
-            f"numpy {numpy.__version__}; torch threads {torch.get_num_threads()}; "
+            f"numpy {numpy.__version__}; torch threads {torch.get_num_threads()}; 1-min load average "
+            f"{os.getloadavg()[0]:.1f} when written; "
             f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
 
 

@@ -18,12 +18,15 @@ def rows(path: str) -> list[dict]:
 def test_solver_benchmark_smoke(tmp_path):
     import solvers as bench_solvers
     out = str(tmp_path / "solvers")
-    bench_solvers.main(["--models", "resnet20", "--budgets", "0.5", "--time-limit", "2",
+    bench_solvers.main(["--models", "resnet20", "--budgets", "0.5,params:0.5", "--time-limit", "2",
                         "--methods", "cpsat,greedy,uniform-l1", "--out", out])
     r = rows(out + ".csv")
     assert {x["method"] for x in r} == {"cpsat", "greedy", "uniform-l1"}
+    assert {x["budget"] for x in r} == {"flops 50%", "params 50%"}
     assert all(float(x["budget used"].rstrip("%")) <= 100.0 for x in r)
-    assert os.path.exists(out + ".md")
+    assert all(x["certified gap"] != "-" for x in r if x["method"] == "cpsat")
+    for suffix in (".md", "_anytime.png", "_size.png"):
+        assert os.path.exists(out + suffix), suffix
 
 
 def test_accuracy_benchmark_smoke(tmp_path):
