@@ -51,3 +51,13 @@ def test_latency_benchmark_smoke(tmp_path):
     assert os.path.exists(out + "_resnet56.json") and os.path.exists(out + ".png")
     md = open(out + ".md").read()
     assert "load average" in md and "Budget.absolute(latency=0.6 * lm.measured_full_ms)" in md
+
+
+def test_scale_benchmark_smoke(tmp_path):
+    import scale
+    out = str(tmp_path / "scale")
+    scale.main(["--models", "resnet18", "--time-limit", "2", "--out", out])
+    r = rows(out + ".csv")
+    assert [x["model"] for x in r] == ["resnet18"]
+    assert float(r[0]["peak RSS (GB)"]) > 0 and "budget" not in r[0]["cpsat result"]
+    assert float(r[0]["FLOPs budget used"].rstrip("%")) <= 100.0
