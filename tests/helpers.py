@@ -61,14 +61,14 @@ def assert_state_unchanged(model: torch.nn.Module, before: dict[str, torch.Tenso
 
 
 def check_slim_matches_mask(model: torch.nn.Module, x, seed: int = 0, rtol: float = 1e-4,
-                            graph: qp.ChannelGraph | None = None) -> qp.ChannelGraph:
-    """Trace, draw random masks, and check (1) slim(x) == masked(x) to ``rtol`` relative to the
+                            graph: qp.ChannelGraph | None = None, masks: list | None = None) -> qp.ChannelGraph:
+    """Trace, draw random masks (or use ``masks``), and check (1) slim(x) == masked(x) to ``rtol`` relative to the
     output scale, (2) counted FLOPs and parameters of the slimmed model equal the cost model,
     (3) the user's model is untouched. Returns the graph for further checks."""
     model.eval()
     before = state_snapshot(model)
     graph = graph or qp.trace(model, x)
-    masks = random_masks(graph, seed)
+    masks = random_masks(graph, seed) if masks is None else masks
     counts = [int(m.sum()) for m in masks]
     costs = qp.cost_model(graph)
     slim = qp.slim_model(model, graph, masks).eval()
