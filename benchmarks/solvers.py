@@ -161,6 +161,7 @@ def plot(rows: list[dict[str, Any]], out: str) -> None:
                 ax.plot(*zip(*b), drawstyle="steps-post", lw=1, ls="--", color=line.get_color(),
                         label=f"{r['model']} {r['budget']} {r['method']}")
         ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("seconds")
         ax.set_ylabel("% vs best objective found (solid: plan, dashed: certified bound)")
         ax.axhline(0, color="k", lw=0.5)

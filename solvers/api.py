@@ -121,8 +121,10 @@ def solve_channels(
     if use_count:
         from .bounds import count_bound
         share = min(0.3 * time_limit, 30.0) if bound_time is None else float(bound_time)
+        started = time.perf_counter() - t0
+        on_bound = None if progress is None else (lambda b, t: progress(lower, max(b, lower), started + t))
         count, count_info = count_bound(problem, red, time_limit=share, reference=problem.counts(greedy),
-                                        lower=lower, target_gap=gap_limit)
+                                        lower=lower, target_gap=gap_limit, progress=on_bound)
         if count_info.pop("interrupted", False):
             warnings.warn("interrupted while bounding; returning the greedy plan", RuntimeWarning)
             bound = count if count is not None and math.isfinite(count) else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -355,7 +356,7 @@ class CountBound:
 
     def solve(self, *, time_limit: float, lower: float, iterations: int | None = None,
               target_gap: float = 0.0, theta: float = 0.3, patience: int = 60,
-              max_refinements: int = 30) -> tuple[float, dict]:
+              max_refinements: int = 30, progress: Callable[[float, float], None] | None = None) -> tuple[float, dict]:
         """The smallest bound found within ``time_limit`` s; ``lower`` is the objective of a
         known feasible plan (it sets the step sizes and the stopping gap)."""
         t0 = time.perf_counter()
@@ -378,6 +379,8 @@ class CountBound:
             value = value * (1 + 1e-12) + 1e-12 * abs(value)  # float summation margin
             if not value >= best - 1e-12 * abs(best):  # best starts at inf
                 best, stale = value, 0
+                if progress is not None:
+                    progress(best, time.perf_counter() - t0)
             else:
                 stale += 1
                 if stale >= patience:
@@ -421,7 +424,8 @@ class CountBound:
 
 
 def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, reference: np.ndarray | None = None,
-                lower: float = 0.0, iterations: int | None = None, target_gap: float = 0.0) -> tuple[float | None, dict]:
+                lower: float = 0.0, iterations: int | None = None, target_gap: float = 0.0,
+                progress: Callable[[float, float], None] | None = None) -> tuple[float | None, dict]:
     """An upper bound on the optimum (None when the group graph is too dense for exact
     elimination) and details. ``iterations=1`` gives the plain count bound; more run the
     Lagrangian decomposition. ``reference``: counts of a good plan (bucket centres);
@@ -434,6 +438,6 @@ def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, 
         return None, {"count_bound_time": time.perf_counter() - t0, "count_bound_largest_table": cb.largest,
                       "count_bound_status": "skipped: the group graph is too dense for exact elimination"}
     bound, info = cb.solve(time_limit=max(0.0, time_limit - (time.perf_counter() - t0)), lower=lower,
-                           iterations=iterations, target_gap=target_gap)
+                           iterations=iterations, target_gap=target_gap, progress=progress)
     info["count_bound_time"] = time.perf_counter() - t0
     return bound, info
