@@ -21,6 +21,9 @@ from .reduced import reduce_problem
 from .result import Solution, Status, check_feasible_budgets, relative_gap
 
 
+RESOLUTION_GAP = 1e-6  # a back-end's OPTIMAL within this relative gap (importance rounding) stays OPTIMAL
+
+
 @dataclass(frozen=True)
 class Backend:
     """Capabilities of a back-end (cvxpy-style flags)."""
@@ -52,6 +55,9 @@ def _finish(problem: ChannelProblem, masks: list[np.ndarray], status: Status, bo
         if status is Status.FEASIBLE and bound <= obj:
             status, stop_reason = Status.OPTIMAL, None
     gap = relative_gap(obj, bound, status is Status.OPTIMAL and backend == "exhaustive")
+    if status is Status.OPTIMAL and gap is not None and gap > RESOLUTION_GAP:
+        # optimal for the back-end's integer-scaled importances, not provably for the real ones
+        status, stop_reason = Status.FEASIBLE, stop_reason or "resolution"
     if status is Status.OPTIMAL and gap is None:
         gap = 0.0
     return Solution(masks=masks, objective=obj, bound=bound, gap=gap, status=status,

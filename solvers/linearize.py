@@ -26,9 +26,15 @@ def choose_linearization(red: Reduced, linearization: str) -> str:
     return linearization
 
 
-def objective_scale(red: Reduced, target: float = 1e8) -> float:
-    """Multiplier that maps the largest possible variable objective to about ``target``."""
+def objective_scale(red: Reduced, target: float | None = None) -> float:
+    """Multiplier that maps the largest possible variable objective to about ``target``:
+    1e8, or 1e4 units per nonzero weight on large networks (up to 1e13), so that a typical
+    weight never rounds to zero (ViT-H/14 has 4e8 of them) and the rounding slack added to
+    the bound stays near 5e-5 of the total."""
     total = sum(float(p.W.sum()) for p in red.pairs) + sum(float(w.sum()) for w in red.linear.values())
+    if target is None:
+        entries = nonzeros(red) + sum(int(np.count_nonzero(w)) for w in red.linear.values())
+        target = max(1e8, min(1e13, 1e4 * entries))
     return target / total if total > 0 else 1.0
 
 
