@@ -257,13 +257,22 @@ def _plan_from_dict(doc: Any) -> PruningPlan:
         layers=layers, latency_model=doc.get("latency_model"), graph=None)
 
 
+MAX_PLAN_BYTES = 1 << 28  # 256 MiB: ViT-H/14's plan (164k channels) is under 2 MiB
+
+
 def load_plan(path: str | os.PathLike) -> PruningPlan:
-    """Read and check a plan file; see :func:`plan_from_dict`."""
+    """Read and check a plan file; see :func:`plan_from_dict`. Files over 256 MiB and groups
+    over 2**24 channels are refused before anything is decoded (a hostile file cannot make
+    the loader allocate arbitrary memory)."""
     try:
-        with open(path) as f:
-            text = f.read()
+        size = os.path.getsize(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"plan file {os.fspath(path)!r} does not exist") from None
+    if size > MAX_PLAN_BYTES:
+        raise PlanFormatError(f"invalid plan: {os.fspath(path)!r} is {size / 2**20:.0f} MiB, more than any plan "
+                              f"needs ({MAX_PLAN_BYTES >> 20} MiB); is it the right file?")
+    with open(path) as f:
+        text = f.read()
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

@@ -159,3 +159,20 @@ def test_ctrl_c_after_a_cpsat_solve_still_raises_keyboard_interrupt(tmp_path):
         "try:\n    time.sleep(5)\nexcept KeyboardInterrupt:\n    print('clean')\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "clean" in out.stdout, (out.returncode, out.stderr[-500:])
+
+
+def test_huge_plan_files_and_group_sizes_are_refused_before_decoding(tmp_path, monkeypatch):
+    from qcqp_prune import plan_io
+    model, x = _resnet20()
+    plan = qp.plan_channels(model, x, qp.Budget(flops=0.5), solver="greedy")
+    path = tmp_path / "plan.json"
+    plan.to_json(str(path))
+    monkeypatch.setattr(plan_io, "MAX_PLAN_BYTES", path.stat().st_size - 1)
+    with pytest.raises(plan_io.PlanFormatError, match="MiB, more than any plan needs"):
+        qp.load_plan(str(path))
+    monkeypatch.undo()
+    doc = json.loads(path.read_text())
+    doc["groups"][1]["size"] = 10**12  # would allocate a terabyte-sized mask
+    path.write_text(json.dumps(doc))
+    with pytest.raises(plan_io.PlanFormatError, match=r"groups\[1\]\.size"):
+        qp.load_plan(str(path))
