@@ -152,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--all", action="store_true", help="every torchvision classification model")
     ap.add_argument("--out", default="zoo", help="results/<out>.csv and .md (default: zoo)")
     ap.add_argument("--repeats", type=int, default=3, help="traces per model (median is reported)")
+    ap.add_argument("--models", help="comma-separated subset, e.g. zoo:resnet20,resnet18 (smoke runs)")
     a = ap.parse_args(argv)
     names = [ZOO_PREFIX + n for n in zoo.MODELS] + (ALL_MODELS if a.all else CI_MODELS)
+    if a.models:
+        names = a.models.split(",")
     rows = []
     for n in names:
         try:

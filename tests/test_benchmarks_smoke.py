@@ -61,3 +61,13 @@ def test_scale_benchmark_smoke(tmp_path):
     assert [x["model"] for x in r] == ["resnet18"]
     assert float(r[0]["peak RSS (GB)"]) > 0 and "budget" not in r[0]["cpsat result"]
     assert float(r[0]["FLOPs budget used"].rstrip("%")) <= 100.0
+
+
+def test_zoo_benchmark_smoke(tmp_path):
+    import zoo as bench_zoo
+    out = str(tmp_path / "zoo")
+    bench_zoo.main(["--models", "zoo:resnet20,resnet18", "--repeats", "1", "--out", out])
+    r = rows(out + ".csv")
+    assert [x["model"] for x in r] == ["zoo:resnet20", "resnet18"]
+    assert all(not x["input"].startswith("ERROR") for x in r)
+    assert os.path.exists(out + ".md")
