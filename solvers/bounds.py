@@ -213,10 +213,9 @@ class CountBound:
                                         near) for g in self.vars}
         self.terms = [_Term(p.g, p.h, np.asarray(p.W, dtype=np.float64)) for p in red.pairs]
         self.linear = {g: np.asarray(w, dtype=np.float64) for g, w in red.linear.items()}
-        self.costs = [self._cost_factors(r) for r in range(len(problem.constraints))]
         edges = {(min(t.g, t.h), max(t.g, t.h)) for t in self.terms if t.g != t.h}
-        for node, pair, _ in self.costs:
-            edges |= set(pair)
+        for c in problem.constraints:  # cost terms between two prunable groups
+            edges |= {(g, h) for g, h in c.cost.bilinear if g != h and not (problem.frozen[g] or problem.frozen[h])}
         self.edges = edges
         self._rebuild()
 
@@ -396,21 +395,7 @@ class CountBound:
             if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
                     or time.perf_counter() - t0 > time_limit or theta < 1e-5 or not self.terms):
                 break
-            # subgradient of the decomposition: copy masks minus the groups' own masks
-            sub, norm = [], 0.0
-            own = {}
-            for g in self.vars:
-                score = self._node_scores[g]
-                n = self.buckets[g].argbest(_top_prefix(score), labels[g])
-                x = np.zeros(len(score), bool)
-                x[np.argsort(-score, kind="stable")[:n]] = True
-                own[g] = x
-            for t in self.terms:
-                yg, yh = t.choice(self.buckets[t.g], self.buckets[t.h], labels[t.g], labels[t.h])
-                dg = yg.astype(float) - own[t.g]
-                dh = (yh.astype(float) - own[t.h]) if t.g != t.h else np.zeros_like(t.mu_h)
-                sub.append((dg, dh))
-                norm += float(dg @ dg + dh @ dh)
+            sub, norm = self._subgradient(labels)
             if norm == 0:
                 break  # copies agree with the groups: the decomposition cannot get tighter here
             step = theta * (value - lower) / norm
@@ -419,8 +404,27 @@ class CountBound:
                 t.mu_h -= step * dh
         return float(best), {"count_bound_iterations": it, "interrupted": interrupted,
                              "count_bound_refinements": refinements, "count_bound_time": time.perf_counter() - t0,
-                      "count_bound_first": float(history[0][1]) if history else None,
-                      "count_bound_largest_table": self.largest}
+                             "count_bound_first": float(history[0][1]) if history else None,
+                             "count_bound_largest_table": self.largest}
+
+    def _subgradient(self, labels: dict[int, int]) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+        """Per term, its copy's masks minus the groups' own masks at the relaxed optimum (the
+        direction that raises the bound fastest in its multipliers), and the squared norm."""
+        own = {}
+        for g in self.vars:
+            score = self._node_scores[g]
+            n = self.buckets[g].argbest(_top_prefix(score), labels[g])
+            x = np.zeros(len(score), bool)
+            x[np.argsort(-score, kind="stable")[:n]] = True
+            own[g] = x
+        sub, norm = [], 0.0
+        for t in self.terms:
+            yg, yh = t.choice(self.buckets[t.g], self.buckets[t.h], labels[t.g], labels[t.h])
+            dg = yg.astype(float) - own[t.g]
+            dh = (yh.astype(float) - own[t.h]) if t.g != t.h else np.zeros_like(t.mu_h)
+            sub.append((dg, dh))
+            norm += float(dg @ dg + dh @ dh)
+        return sub, norm
 
 
 def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, reference: np.ndarray | None = None,
