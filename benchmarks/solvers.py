@@ -62,6 +62,11 @@ def run_cell(model_name: str, budget_text: str, methods: list[str], time_limit: 
     channels = sum(g.size for g in graph.prunable_groups)
     out = []
     for meth in methods:
+        if meth == "torch-pruning":
+            row = torch_pruning_row(model, x, resource, budget)
+            if row is not None:
+                out.append({"model": model_name, "channels": channels, "budget": budget_text, "method": meth, **row})
+            continue
         tracemalloc.start()
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -88,6 +93,36 @@ def run_cell(model_name: str, budget_text: str, methods: list[str], time_limit: 
                     "status": info.get("status"), "budget_used": used, "time_s": wall, "peak_mb": peak / 2**20,
                     "trace": trace if kind in ("cpsat", "mip", "greedy") else []})
     return out
+
+
+def torch_pruning_row(model, x, resource: str, budget: float) -> dict[str, Any] | None:
+    """Torch-Pruning's global magnitude pruning (FLOPs budgets only; None when it is not
+    installed). Its kept l2 importance is the summed squared conv/linear weights of the model it
+    returns, which is what our objective equals on a slimmed plan (tests/test_importance.py)."""
+    from methods import torch_pruning_available, torch_pruning_global
+    if resource != "flops" or not torch_pruning_available():
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(m):
+        c = FlopCounterMode(display=False)
+        with c, torch.no_grad():
+            m(x)
+        return c.get_total_flops()
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slim = torch_pruning_global(model, x, budget)
+    wall = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    kept = sum(float((m.weight.detach().double() ** 2).sum()) for m in slim.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    return {"objective": kept, "bound": None, "gap": None, "status": "HEURISTIC",
+            "budget_used": flops(slim) / (budget * flops(model)), "time_s": wall, "peak_mb": peak / 2**20,
+            "trace": []}
 
 
 def sweep(models: list[str], budgets: list[str], methods: list[str], time_limit: float,

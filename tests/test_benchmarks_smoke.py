@@ -18,10 +18,13 @@ def rows(path: str) -> list[dict]:
 def test_solver_benchmark_smoke(tmp_path):
     import solvers as bench_solvers
     out = str(tmp_path / "solvers")
+    from methods import torch_pruning_available
     bench_solvers.main(["--models", "resnet20", "--budgets", "0.5,params:0.5", "--time-limit", "2",
-                        "--methods", "cpsat,greedy,uniform-l1", "--out", out])
+                        "--methods", "cpsat,greedy,uniform-l1,torch-pruning", "--out", out])
     r = rows(out + ".csv")
-    assert {x["method"] for x in r} == {"cpsat", "greedy", "uniform-l1"}
+    peer = {"torch-pruning"} if torch_pruning_available() else set()  # optional: FLOPs budgets only
+    assert {x["method"] for x in r} == {"cpsat", "greedy", "uniform-l1"} | peer
+    assert all(x["budget"] == "flops 50%" for x in r if x["method"] == "torch-pruning")
     assert {x["budget"] for x in r} == {"flops 50%", "params 50%"}
     assert all(float(x["budget used"].rstrip("%")) <= 100.0 for x in r)
     assert all(x["certified gap"] != "-" for x in r if x["method"] == "cpsat")
