@@ -176,3 +176,10 @@ def test_huge_plan_files_and_group_sizes_are_refused_before_decoding(tmp_path, m
     path.write_text(json.dumps(doc))
     with pytest.raises(plan_io.PlanFormatError, match=r"groups\[1\]\.size"):
         qp.load_plan(str(path))
+
+
+def test_inputs_of_another_dtype_than_the_model_are_a_clear_error():
+    model, x = _resnet20()
+    with pytest.raises(qp.TraceError, match=r"dtype and device the model expects") as e:
+        qp.trace(model, x.double())
+    assert "torch.float64" in str(e.value) and "torch.float32" in str(e.value)
