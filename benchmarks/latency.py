@@ -5,10 +5,9 @@ configurations), slim held-out random configurations (per-group keep fractions u
 [0.3, 1.0], never used in the fit), measure them end to end and compare with the prediction:
 MAPE and share within +-10%, against a FLOPs-proportional estimate
 ``t_full * flops(N) / flops_full``. Then plan with ``Budget(latency=0.6)`` (0.6 x the
-*predicted* unpruned latency) and with ``Budget.absolute(latency=0.6 * lm.measured_full_ms)``
-(0.6 x the unpruned latency measured in the fit), slim both plans, measure them beside the
-unpruned model and check that they meet the target (0.6 x the unpruned latency) within the
-model's measured error.
+unpruned latency measured in the fit, ``lm.measured_full_ms``), slim the plan, measure it
+beside the unpruned model and check that it meets the target (0.6 x the unpruned latency)
+within the model's measured error.
 
 Calibration and held-out configurations are measured in the same interleaved rounds
 (:func:`qcqp_prune.latency.measure_many`), so slow spells of a shared machine do not bias
@@ -121,51 +120,45 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict], scatter: di
     fmape, fw10 = errors(fprop[h], meas[h])
     scatter[name] = (meas[h], pred[h], fprop[h], meas[:ncal], pred[:ncal])
 
-    # plans with a latency budget, slimmed and measured. Budget(latency=f) is f times the
-    # *predicted* unpruned latency; the unpruned widths are multiples of 16, which oneDNN's
-    # blocked kernels run fastest, so that prediction is high and the second plan uses
-    # f times the unpruned latency measured in the fit (LatencyModel.measured_full_ms).
+    # a plan with a latency budget, slimmed and measured. Budget(latency=f) is f times the
+    # unpruned latency measured in the fit (LatencyModel.measured_full_ms), not the predicted one
     from qcqp_prune import solvers
-    budgets = [(f"Budget(latency={args.budget})", "predicted", qp.Budget(latency=args.budget)),
-               (f"Budget.absolute(latency={args.budget} * lm.measured_full_ms)", "measured",
-                qp.Budget.absolute(latency=args.budget * lm.measured_full_ms))]
-    plans = []
-    for label, ref, budget in budgets:
-        limit = budget.resolve({"latency": float(pred[0])})["latency"]
-        if hasattr(solvers, "solve_channels"):
-            plan = qp.plan_channels(model, x, budget, solver=args.solver, latency_model=lm, graph=graph,
-                                    time_limit=args.time_limit)
-            assert abs(plan.limits["latency"] - limit) <= 1e-9 * limit
-            masks, how = plan.masks, f"{args.solver} ({plan.status})"
-        else:  # no solver back-end installed
-            masks, how = uniform_plan(graph, cost, limit), "uniform width (no solver back-end)"
-        plans.append((label, ref, limit, masks, how))
-    slims = [qp.slim_model(model, graph, p[3]) for p in plans]
-    m_full, *m_plans = measure_many([model] + slims, x, repeats=args.repeats * 2, warmup=2,
-                                    threads=args.threads, rounds=3)
-    del slims
-    plan_infos = []
-    for (label, ref, limit, masks, how), m_plan in zip(plans, m_plans):
-        counts = [int(m.sum()) for m in masks]
-        p_plan = cost.evaluate(counts)
-        prunable = [(g.size, c) for g, c in zip(graph.groups, counts) if not g.frozen]
-        limit_frac = limit / float(meas[0])   # the limit as a fraction of the measured unpruned latency
-        ratio = m_plan / m_full               # plan / unpruned, measured in the same rounds
-        plan_infos.append({
-            "budget": label, "ref": ref, "how": how, "limit_ms": limit, "limit_frac": limit_frac,
-            "predicted_ms": p_plan, "measured_ms": m_plan, "measured_full_ms": m_full,
-            "measured_ratio": ratio, "flops_frac": flops.evaluate(counts) / f_full, "p90": p90,
-            "groups": len(prunable), "groups_at_1": sum(1 for n, c in prunable if c == 1 and n > 1),
-            # the user's target: f times the unpruned network's (measured) latency
-            "meets_target": bool(ratio <= args.budget * (1 + p90)),
-            # the plan's own limit, expressed against the unpruned latency measured in the fit
-            # session, so that drift of a shared machine between the two sessions cancels
-            "meets_limit": bool(ratio <= limit_frac * (1 + p90)),
-            "over_pct": 100 * (m_plan / limit - 1)})
-        rows.append({"model": name, "input": shape, "config": f"plan ({ref} unpruned)", "set": "plan",
-                     "measured_ms": round(m_plan, 4), "predicted_ms": round(p_plan, 4),
-                     "flops_prop_ms": round(m_full * flops.evaluate(counts) / f_full, 4),
-                     "flops_frac": round(flops.evaluate(counts) / f_full, 4)})
+    label = f"Budget(latency={args.budget})"
+    budget = qp.Budget(latency=args.budget)
+    ref = "measured" if lm.measured_full_ms is not None else "predicted"
+    limit = budget.resolve({"latency": lm.measured_full_ms if ref == "measured" else float(pred[0])})["latency"]
+    if hasattr(solvers, "solve_channels"):
+        plan = qp.plan_channels(model, x, budget, solver=args.solver, latency_model=lm, graph=graph,
+                                time_limit=args.time_limit)
+        assert abs(plan.limits["latency"] - limit) <= 1e-9 * limit
+        assert plan.latency_model["full_reference"] == ref
+        masks, how = plan.masks, f"{args.solver} ({plan.status})"
+    else:  # no solver back-end installed
+        masks, how = uniform_plan(graph, cost, limit), "uniform width (no solver back-end)"
+    slim = qp.slim_model(model, graph, masks)
+    m_full, m_plan = measure_many([model, slim], x, repeats=args.repeats * 2, warmup=2,
+                                  threads=args.threads, rounds=3)
+    del slim
+    counts = [int(m.sum()) for m in masks]
+    p_plan = cost.evaluate(counts)
+    prunable = [(g.size, c) for g, c in zip(graph.groups, counts) if not g.frozen]
+    limit_frac = limit / float(meas[0])   # the limit as a fraction of the measured unpruned latency
+    ratio = m_plan / m_full               # plan / unpruned, measured in the same rounds
+    plan_info = {
+        "budget": label, "ref": ref, "how": how, "limit_ms": limit, "limit_frac": limit_frac,
+        "predicted_ms": p_plan, "predicted_frac": p_plan / float(meas[0]), "measured_ms": m_plan,
+        "measured_full_ms": m_full, "measured_ratio": ratio, "flops_frac": flops.evaluate(counts) / f_full,
+        "p90": p90, "groups": len(prunable), "groups_at_1": sum(1 for n, c in prunable if c == 1 and n > 1),
+        # the user's target: f times the unpruned network's (measured) latency
+        "meets_target": bool(ratio <= args.budget * (1 + p90)),
+        # the plan's own limit, expressed against the unpruned latency measured in the fit
+        # session, so that drift of a shared machine between the two sessions cancels
+        "meets_limit": bool(ratio <= limit_frac * (1 + p90)),
+        "over_pct": 100 * (m_plan / limit - 1)}
+    rows.append({"model": name, "input": shape, "config": "plan", "set": "plan",
+                 "measured_ms": round(m_plan, 4), "predicted_ms": round(p_plan, 4),
+                 "flops_prop_ms": round(m_full * flops.evaluate(counts) / f_full, 4),
+                 "flops_frac": round(flops.evaluate(counts) / f_full, 4)})
     rows.append({"model": name, "input": shape, "config": "full (plan rounds)", "set": "plan",
                  "measured_ms": round(m_full, 4), "predicted_ms": round(float(pred[0]), 4),
                  "flops_prop_ms": round(m_full, 4), "flops_frac": 1.0})
@@ -177,7 +170,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict], scatter: di
             "pred_full_ms": float(pred[0]), "scale": lm.scale, "op_scale": lm.op_scale,
             "constant": lm.constant, "cal_mape": cal_info["mape"], "heldout": args.heldout,
             "mape": mape, "within10": w10, "flops_mape": fmape, "flops_within10": fw10,
-            "p90": p90, "plans": plan_infos}
+            "p90": p90, "plan": plan_info}
 
 
 def plot(scatter: dict, path: str) -> None:
@@ -240,8 +233,9 @@ def main(argv=None) -> int:
     for name in args.models:
         r = run_model(name, args, rows, scatter)
         results.append(r)
-        plans = "; ".join(f"plan ({p['ref']} ref.): limit {p['limit_ms']:.2f} ms, predicted {p['predicted_ms']:.2f}, "
-                          f"measured {p['measured_ms']:.2f} = {p['measured_ratio']:.3f} x unpruned" for p in r["plans"])
+        p = r["plan"]
+        plans = (f"plan: limit {p['limit_ms']:.2f} ms ({p['ref']} unpruned), predicted {p['predicted_ms']:.2f}, "
+                 f"measured {p['measured_ms']:.2f} = {p['measured_ratio']:.3f} x unpruned")
         print(f"[{name}] MAPE {r['mape']:.2%}, within 10% {r['within10']:.0%} | FLOPs-prop. MAPE "
               f"{r['flops_mape']:.2%}, within 10% {r['flops_within10']:.0%} | {plans}", file=sys.stderr)
     total = time.perf_counter() - t0
@@ -281,25 +275,25 @@ def main(argv=None) -> int:
     f = args.budget
     lines += ["", f"Plans with a latency budget of f = {f} (solver `{args.solver}`), slimmed and measured beside "
               f"the unpruned model in 3 interleaved rounds of {2 * args.repeats} forwards, after the fit. "
-              f"`Budget(latency={f})` is {f} x the *predicted* unpruned latency; "
-              f"`Budget.absolute(latency={f} * lm.measured_full_ms)` is {f} x the unpruned latency measured in "
-              f"the fit. The target is {f} x the unpruned network's latency, checked on the measured ratio "
+              f"`Budget(latency={f})` is {f} x the unpruned latency measured in the fit "
+              f"(`lm.measured_full_ms`; the predicted one only where the model has no measurement, column "
+              f"\"limit\"). The target is {f} x the unpruned network's latency, checked on the measured ratio "
               f"plan / unpruned (same rounds), within the model's measured error (90th percentile of the "
               f"held-out absolute errors, ±p90). \"Own limit\" checks the plan against its limit expressed as a "
               f"fraction of the unpruned latency measured in the fit, so that drift of the machine between "
               f"the two sessions cancels; \"measured vs limit\" compares milliseconds across the sessions.", "",
-              "| model | budget | plan | limit ms (/ measured unpruned) | predicted ms | measured ms "
+              "| model | budget | plan | limit ms (/ measured unpruned, reference) | predicted ms | measured ms "
               "| measured vs limit | measured / unpruned | FLOPs kept | groups cut to 1 channel "
               f"| meets target {f} (±p90) | meets own limit (±p90) |",
               "|" + "|".join(["---"] * 12) + "|"]
     for r in results:
-        for p in r["plans"]:
-            lines.append(f"| {r['model']} | `{p['budget']}` "
-                         f"| {p['how']} | {p['limit_ms']:.2f} ({p['limit_frac']:.3f}) | {p['predicted_ms']:.2f} "
-                         f"| {p['measured_ms']:.2f} | {p['over_pct']:+.1f}% | **{p['measured_ratio']:.3f}** "
-                         f"| {p['flops_frac']:.2f} | {p['groups_at_1']} of {p['groups']} "
-                         f"| **{'yes' if p['meets_target'] else 'NO'}** (≤ {f * (1 + p['p90']):.3f}) "
-                         f"| {'yes' if p['meets_limit'] else 'NO'} (≤ {p['limit_frac'] * (1 + p['p90']):.3f}) |")
+        p = r["plan"]
+        lines.append(f"| {r['model']} | `{p['budget']}` "
+                     f"| {p['how']} | {p['limit_ms']:.2f} ({p['limit_frac']:.3f}, {p['ref']}) | {p['predicted_ms']:.2f} "
+                     f"| {p['measured_ms']:.2f} | {p['over_pct']:+.1f}% | **{p['measured_ratio']:.3f}** "
+                     f"| {p['flops_frac']:.2f} | {p['groups_at_1']} of {p['groups']} "
+                     f"| **{'yes' if p['meets_target'] else 'NO'}** (≤ {f * (1 + p['p90']):.3f}) "
+                     f"| {'yes' if p['meets_limit'] else 'NO'} (≤ {p['limit_frac'] * (1 + p['p90']):.3f}) |")
     lines += ["", f"![predicted vs measured]({os.path.basename(base)}.png)", "",
               f"Per-configuration data: `{os.path.basename(base)}.csv`; fitted models: "
               f"`{os.path.basename(base)}_<model>.json`."]

@@ -27,7 +27,9 @@ class Budget:
     the FLOPs); an absolute limit is written ``Absolute(value)`` or with
     :meth:`Budget.absolute`. Resources: ``flops``, ``params``, ``memory`` (activation elements
     written in one forward pass), ``latency`` (milliseconds predicted by a fitted
-    :class:`~qcqp_prune.latency.LatencyModel`; a fraction is of the unpruned model's latency).
+    :class:`~qcqp_prune.latency.LatencyModel`; a fraction is of the unpruned model's latency as
+    measured in the latency model's calibration, ``LatencyModel.measured_full_ms``, or of its
+    predicted latency when the model has no such measurement).
     """
 
     flops: float | Absolute | None = None

@@ -528,14 +528,15 @@ class LatencyModel:
         or None (not calibrated, or the first calibration configuration was not the unpruned
         network).
 
-        ``Budget(latency=f)`` is ``f`` times the *predicted* unpruned latency. On CPU,
+        ``Budget(latency=f)`` is ``f`` times this measured latency when it is not None, else
+        ``f`` times the *predicted* unpruned latency (``plan.latency_model["full_reference"]``
+        says which). The prediction is not used when a measurement exists because on CPU,
         oneDNN's blocked convolutions cost about the same for every channel count in a block
         of 16 (17 to 32 channels like 32), so latency is a staircase in the channel counts. A
         smooth quadratic through that staircase over-predicts the counts at the end of a step,
         just before the next jump, which is where the unpruned counts (mostly multiples of 16)
         are: the unpruned network runs faster than predicted (by a few percent for ResNets on
-        ImageNet inputs, more for narrow networks). For ``f`` times the measured unpruned
-        latency use ``Budget.absolute(latency=f * lm.measured_full_ms)``.
+        ImageNet inputs, more for narrow networks).
         """
         cal = self.metadata.get("calibration") or {}
         if not cal.get("first_is_unpruned", True) or cal.get("measured_full_ms") is None:

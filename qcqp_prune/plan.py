@@ -25,7 +25,9 @@ class PruningPlan:
     """Which channels to keep, why (solver result), and what it costs.
 
     ``masks[g]`` is the keep-mask of channel group ``g`` (named ``group_names[g]``);
-    ``cost`` / ``full_cost`` give every modeled resource after / before pruning;
+    ``cost`` / ``full_cost`` give every modeled resource after / before pruning (``latency``
+    in ``full_cost`` is the unpruned latency measured in the latency model's calibration when
+    it has one, else the predicted one; ``latency_model["full_reference"]`` says which);
     ``objective`` is the kept importance, ``bound`` a proven upper bound on it and
     ``gap = (bound - objective) / bound``. ``graph`` is the traced model the plan was made
     on; a plan loaded from JSON has none and re-traces the model it is applied to (checking
@@ -224,6 +226,20 @@ def plan_channels(
                          "latency_model=qp.fit_latency(model, example_inputs) (or load one with "
                          "qp.LatencyModel.load(path))")
     full = evaluate_costs(costs, graph.sizes())
+    lm_info = None
+    if latency_model is not None:
+        # a latency fraction is of the unpruned latency *measured* in the calibration when the
+        # model has one (the smooth fit over-predicts the unpruned widths, which sit at the cheap
+        # end of oneDNN's 16-channel steps), else of the predicted one; full_cost reports the
+        # same reference, so cost / full_cost is the predicted fraction of it
+        predicted_full = full["latency"]
+        measured_full = getattr(latency_model, "measured_full_ms", None)
+        if measured_full is not None:
+            full["latency"] = float(measured_full)
+        lm_info = {**latency_model.describe(),
+                   "full_reference": "measured" if measured_full is not None else "predicted",
+                   "predicted_full_ms": predicted_full,
+                   "measured_full_ms": None if measured_full is None else float(measured_full)}
     limits = budget.resolve(full)
     scores = layer_scores(model, graph, importance, data=importance_data, loss_fn=loss_fn)
     problem = build_problem(graph, scores, limits, costs, min_keep=min_keep, round_to=round_to)
@@ -242,6 +258,6 @@ def plan_channels(
         budget=budget, limits=limits,
         importance=importance if isinstance(importance, str) else getattr(importance, "__name__", "custom"),
         solver=solver, seed=seed, wall_time=sol.wall_time, stop_reason=sol.stop_reason,
-        latency_model=None if latency_model is None else latency_model.describe(),
+        latency_model=lm_info,
         solver_details={"backend": sol.backend, "backend_version": sol.backend_version, **sol.details},
     )

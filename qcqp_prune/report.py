@@ -43,8 +43,10 @@ def plan_summary(plan: "PruningPlan") -> str:
     for k in plan.full_cost:
         limit = plan.limits.get(k)
         lim = f"   limit {_fmt(limit)} ({100 * plan.cost[k] / limit:.2f}% used)" if limit else ""
+        ref = (plan.latency_model or {}).get("full_reference") if k == "latency" else None
+        ref = f"   (of the {ref} unpruned latency)" if ref else ""
         lines.append(f"{k:8s} {_fmt(plan.cost[k]):>10s} of {_fmt(plan.full_cost[k]):>10s} "
-                     f"({100 * plan.cost[k] / plan.full_cost[k]:.2f}%){lim}")
+                     f"({100 * plan.cost[k] / plan.full_cost[k]:.2f}%){lim}{ref}")
     gap = "n/a (no proven bound)" if plan.gap is None else f"{100 * plan.gap:.3f}%"
     bound = "n/a" if plan.bound is None else f"{plan.bound:.6g}"
     lines.append(f"solver {plan.solver}: {plan.status}"

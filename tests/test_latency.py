@@ -217,7 +217,9 @@ def test_plan_respects_latency_budget_as_predicted(kind) -> None:
     assert plan.cost["latency"] <= limit * (1 + 1e-9)
     assert plan.cost["latency"] > 0.8 * limit  # the budget is used, not ignored
     assert plan.full_cost["latency"] == pytest.approx(full)
-    assert plan.latency_model == lm.describe()
+    # not calibrated: no measured unpruned latency, so a fraction is of the predicted one
+    assert plan.latency_model == {**lm.describe(), "full_reference": "predicted",
+                                  "predicted_full_ms": pytest.approx(full), "measured_full_ms": None}
 
 
 # ------------------------------------------------------------------ a small real fit (not timed)
@@ -265,8 +267,8 @@ def test_random_and_calibration_masks() -> None:
 def test_measured_full_ms_is_the_calibrated_unpruned_latency(tmp_path) -> None:
     """``measured_full_ms`` is the unpruned network's measurement from the calibration (None
     when the first configuration was not the unpruned network or there was no calibration);
-    ``Budget(latency=f)`` is f x the *predicted* unpruned latency, and
-    ``Budget.absolute(latency=f * lm.measured_full_ms)`` gives f x the measured one."""
+    ``Budget(latency=f)`` is then f x that measured latency, the same limit as
+    ``Budget.absolute(latency=f * lm.measured_full_ms)``."""
     model = zoo.resnet20().eval()
     x = torch.randn(1, 3, 32, 32)
     graph = qp.trace(model, x)
@@ -285,15 +287,52 @@ def test_measured_full_ms_is_the_calibrated_unpruned_latency(tmp_path) -> None:
     lm.save(tmp_path / "m.json")
     assert LatencyModel.load(tmp_path / "m.json").measured_full_ms == pytest.approx(meas[0])
 
-    by_prediction = qp.plan_channels(model, x, qp.Budget(latency=0.6), solver="greedy", latency_model=lm, graph=graph)
+    by_fraction = qp.plan_channels(model, x, qp.Budget(latency=0.6), solver="greedy", latency_model=lm, graph=graph)
     by_measurement = qp.plan_channels(model, x, qp.Budget.absolute(latency=0.6 * lm.measured_full_ms),
                                       solver="greedy", latency_model=lm, graph=graph)
-    assert by_prediction.limits["latency"] == pytest.approx(0.6 * predicted_full)
+    assert by_fraction.limits["latency"] == pytest.approx(0.6 * meas[0])
     assert by_measurement.limits["latency"] == pytest.approx(0.6 * meas[0])
     assert by_measurement.cost["latency"] <= 0.6 * meas[0] * (1 + 1e-9)
-    assert by_measurement.cost["latency"] < by_prediction.limits["latency"]
+    assert all(np.array_equal(a, b) for a, b in zip(by_fraction.masks, by_measurement.masks))
 
     # a first configuration that is not the unpruned network gives no unpruned measurement
     calibrate_latency(lm, graph, pruned, meas[1:], prior=0.0)
     assert lm.measured_full_ms is None
 
+
+def test_latency_fraction_is_of_the_measured_unpruned_latency_when_there_is_one(tmp_path) -> None:
+    """``Budget(latency=f)`` resolves against ``lm.measured_full_ms`` when the model has it (never
+    against the prediction, which over-predicts the unpruned widths), ``full_cost["latency"]``
+    reports that same reference, the plan says so, and all of it survives a JSON round trip."""
+    model = zoo.resnet20().eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = qp.trace(model, x)
+    lm = synthetic_model(graph, seed=5)
+    predicted = lm.predict(graph, graph.sizes())
+    measured = 0.85 * predicted  # the unpruned network ran 15% faster than predicted
+    lm.metadata["calibration"] = {"measured_full_ms": measured, "first_is_unpruned": True}
+    assert lm.measured_full_ms == pytest.approx(measured)
+
+    plan = qp.plan_channels(model, x, qp.Budget(latency=0.6), solver="greedy", latency_model=lm, graph=graph)
+    assert plan.limits["latency"] == pytest.approx(0.6 * measured)
+    assert plan.limits["latency"] != pytest.approx(0.6 * predicted)
+    assert plan.full_cost["latency"] == pytest.approx(measured)
+    counts = [int(m.sum()) for m in plan.masks]
+    assert plan.cost["latency"] == pytest.approx(lm.predict(graph, counts))  # cost stays the prediction
+    assert plan.cost["latency"] / plan.full_cost["latency"] <= 0.6 * (1 + 1e-9)
+    assert plan.latency_model["full_reference"] == "measured"
+    assert plan.latency_model["measured_full_ms"] == pytest.approx(measured)
+    assert plan.latency_model["predicted_full_ms"] == pytest.approx(predicted)
+    assert "measured" in plan.summary()
+
+    plan.to_json(tmp_path / "plan.json")
+    back = qp.load_plan(str(tmp_path / "plan.json"))
+    assert back.limits == pytest.approx(plan.limits) and back.full_cost == pytest.approx(plan.full_cost)
+    assert back.latency_model == plan.latency_model
+
+    # without a measurement the fraction falls back to the predicted unpruned latency
+    lm.metadata["calibration"] = {"measured_full_ms": measured, "first_is_unpruned": False}
+    plan = qp.plan_channels(model, x, qp.Budget(latency=0.6), solver="greedy", latency_model=lm, graph=graph)
+    assert plan.limits["latency"] == pytest.approx(0.6 * predicted)
+    assert plan.full_cost["latency"] == pytest.approx(predicted)
+    assert plan.latency_model["full_reference"] == "predicted"
