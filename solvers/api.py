@@ -21,6 +21,11 @@ from .reduced import reduce_problem
 from .result import Solution, Status, check_feasible_budgets, relative_gap
 
 
+OPTIONS = {  # back-end options accepted through ``**options`` (anything else is a typo)
+    "cpsat": {"count_bound", "gap_limit", "bound_time"},
+    "mip": {"count_bound", "gap_limit", "bound_time", "mip_solver", "products"},
+    "greedy": set(), "exhaustive": set(), "relaxation": {"cvxpy_solver"},
+}
 RESOLUTION_GAP = 1e-6  # a back-end's OPTIMAL within this relative gap (importance rounding) stays OPTIMAL
 
 
@@ -94,6 +99,10 @@ def solve_channels(
         raise ValueError(f"time_limit={time_limit!r} must be a finite number of seconds >= 0")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    unknown = sorted(set(options) - OPTIONS[solver])
+    if unknown:
+        raise TypeError(f"solver={solver!r} does not take option(s) {', '.join(map(repr, unknown))}; its options "
+                        f"are {sorted(OPTIONS[solver]) or 'none'} (check the spelling)")
     t0 = time.perf_counter()
     check_feasible_budgets(problem)
     red = reduce_problem(problem)

@@ -266,3 +266,7 @@ def test_gap_limit_stops_early_with_a_certified_gap():
     assert (sol.status is Status.FEASIBLE) <= (sol.stop_reason == "gap_limit")
     with pytest.raises(ValueError, match="gap_limit"):
         solve_channels(p, "cpsat", gap_limit=1.5)
+    with pytest.raises(TypeError, match=r"does not take option\(s\) 'gap_limt'.*gap_limit"):
+        solve_channels(p, "cpsat", gap_limt=0.1)
+    with pytest.raises(TypeError, match="'count_bound'"):
+        solve_channels(p, "greedy", count_bound=True)
