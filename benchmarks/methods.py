@@ -54,19 +54,24 @@ def torch_pruning_available() -> bool:
         return False
 
 
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass as ``FlopCounterMode`` counts them (what ``Budget(flops=)`` means)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
 def torch_pruning_global(model: nn.Module, x: torch.Tensor, flops_fraction: float,
                          ignored: list[nn.Module] | None = None) -> nn.Module:
     """Torch-Pruning's global magnitude pruning, with its channel ratio bisected until the
     pruned model's FLOPs fit ``flops_fraction`` of the original (its ``pruning_ratio`` is a
     channel ratio, not a FLOPs ratio)."""
     import torch_pruning as tp
-    from torch.utils.flop_counter import FlopCounterMode
 
     def flops(m):
-        c = FlopCounterMode(display=False)
-        with c, torch.no_grad():
-            m(x)
-        return c.get_total_flops()
+        return count_flops(m, x)
 
     full = flops(model)
     lo, hi, best = 0.0, 0.99, None

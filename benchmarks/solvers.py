@@ -99,16 +99,9 @@ def torch_pruning_row(model, x, resource: str, budget: float) -> dict[str, Any] 
     """Torch-Pruning's global magnitude pruning (FLOPs budgets only; None when it is not
     installed). Its kept l2 importance is the summed squared conv/linear weights of the model it
     returns, which is what our objective equals on a slimmed plan (tests/test_importance.py)."""
-    from methods import torch_pruning_available, torch_pruning_global
+    from methods import count_flops, torch_pruning_available, torch_pruning_global
     if resource != "flops" or not torch_pruning_available():
         return None
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def flops(m):
-        c = FlopCounterMode(display=False)
-        with c, torch.no_grad():
-            m(x)
-        return c.get_total_flops()
 
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -121,7 +114,7 @@ def torch_pruning_row(model, x, resource: str, budget: float) -> dict[str, Any] 
     kept = sum(float((m.weight.detach().double() ** 2).sum()) for m in slim.modules()
                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     return {"objective": kept, "bound": None, "gap": None, "status": "HEURISTIC",
-            "budget_used": flops(slim) / (budget * flops(model)), "time_s": wall, "peak_mb": peak / 2**20,
+            "budget_used": count_flops(slim, x) / (budget * count_flops(model, x)), "time_s": wall, "peak_mb": peak / 2**20,
             "trace": []}
 
 

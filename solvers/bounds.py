@@ -37,29 +37,6 @@ MAX_LABELS = 400      # buckets per group after refinement (MAX_TABLE also caps 
 SPREAD_WORK = 20_000_000  # weights x single-count buckets sorted per term and iteration
 
 
-def _rowwise(A: np.ndarray, ms: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """``out[i, j]``: sum of the ``ms[i]`` largest row-wise top-``ks[j]`` sums of ``A``."""
-    C = np.zeros((A.shape[0], len(ks)))
-    pos = ks > 0
-    if pos.any():
-        C[:, pos] = np.cumsum(-np.sort(-A, axis=1), axis=1)[:, ks[pos] - 1]   # top-k sum of each row
-    D = np.vstack([np.zeros((1, len(ks))), np.cumsum(-np.sort(-C, axis=0), axis=0)])  # m largest
-    return D[ms]
-
-
-def pair_table(W: np.ndarray, square: bool = False, rows: np.ndarray | None = None,
-               cols: np.ndarray | None = None) -> np.ndarray:
-    """``T[i, j]``: most importance any ``rows[i] x cols[j]`` submatrix of ``W`` holds
-    (default: every count, ``T[m, k]``). For ``square`` (symmetric W, zero diagonal:
-    ``x^T W x``), ``T[i]`` for ``rows[i]`` kept."""
-    rows = np.arange(W.shape[0] + 1) if rows is None else np.asarray(rows, dtype=np.int64)
-    if square:
-        R = _rowwise(W, rows, np.maximum(rows - 1, 0))
-        return R[np.arange(len(rows)), np.arange(len(rows))]   # m rows, each with m-1 others
-    cols = np.arange(W.shape[1] + 1) if cols is None else np.asarray(cols, dtype=np.int64)
-    return np.minimum(_rowwise(W, rows, cols), _rowwise(W.T, cols, rows).T)
-
-
 @dataclass
 class Buckets:
     """The allowed counts of one group, split into consecutive buckets."""
@@ -87,6 +64,22 @@ class Buckets:
         end = self.starts[b + 1] if b + 1 < len(self.starts) else len(self.allowed)
         counts = self.allowed[self.starts[b]:end]
         return int(counts[np.argmax(prefix[counts])])
+
+
+def pair_table(W: np.ndarray, square: bool = False, rows: np.ndarray | None = None,
+               cols: np.ndarray | None = None) -> np.ndarray:
+    """``T[i, j]``: most importance any ``rows[i] x cols[j]`` submatrix of ``W`` holds
+    (default: every count, ``T[m, k]``; counts ascending). For ``square`` (symmetric W, zero
+    diagonal: ``x^T W x``), ``T[i]`` for ``rows[i]`` kept. The count bound's table of one term
+    without multipliers."""
+    def single(counts: np.ndarray) -> Buckets:
+        return Buckets(counts, np.arange(len(counts)))
+
+    rows = np.arange(W.shape[0] + 1) if rows is None else np.asarray(rows, dtype=np.int64)
+    if square:
+        return _Term(0, 0, W).table(single(rows), single(rows))
+    cols = np.arange(W.shape[1] + 1) if cols is None else np.asarray(cols, dtype=np.int64)
+    return _Term(0, 1, W).table(single(rows), single(cols))
 
 
 def make_buckets(allowed: list[int], center: int | None, near: int = NEAR) -> Buckets:
@@ -123,10 +116,10 @@ class _Term:
     g: int
     h: int  # == g for a square term x^T W x
     W: np.ndarray
-    row_top: np.ndarray | None = None  # row_top[i, k]: top-k sum of row i (k = 0..cols)
-    col_top: np.ndarray | None = None
-    mu_g: np.ndarray = field(default=None)  # type: ignore[assignment]
-    mu_h: np.ndarray = field(default=None)  # type: ignore[assignment]
+    row_top: np.ndarray = field(init=False)  # row_top[i, k]: top-k sum of row i (k = 0..cols)
+    col_top: np.ndarray | None = field(init=False, default=None)
+    mu_g: np.ndarray = field(init=False)  # multipliers on the copy of g's mask
+    mu_h: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         z = np.zeros((self.W.shape[0], 1))
