@@ -15,7 +15,7 @@ MAX_CHANNELS = 22
 def exhaustive_masks(problem: ChannelProblem) -> tuple[list[np.ndarray] | None, float]:
     """The optimal masks and objective (None, -inf if no mask set meets the budgets)."""
     red = reduce_problem(problem)
-    P = problem.prunable
+    P = problem.free  # derived (union) groups follow from these
     total = sum(problem.sizes[g] for g in P)
     if total > MAX_CHANNELS:
         raise ValueError(f"exhaustive search needs at most {MAX_CHANNELS} prunable channels; this "
@@ -30,6 +30,10 @@ def exhaustive_masks(problem: ChannelProblem) -> tuple[list[np.ndarray] | None, 
     sizes = problem.sizes
     for combo in itertools.product(*(range(len(options[g])) for g in P)):
         x = {g: options[g][i] for g, i in zip(P, combo)}
+        for v in problem.union_order:
+            if not problem.frozen[v]:
+                x[v] = np.logical_or.reduce([x[i] > 0 if i in x else np.ones(sizes[i], dtype=bool)
+                                             for i in problem.derived[v]]).astype(np.float64)
         n = np.array([sizes[g] if problem.frozen[g] else x[g].sum() for g in range(len(sizes))])
         if any(c.cost.evaluate(n) > c.budget * (1 + 1e-12) + 1e-9 for c in problem.constraints):
             continue

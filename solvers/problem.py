@@ -76,6 +76,20 @@ class LinearTerm:
 
 
 @dataclass(frozen=True)
+class UnionConstraint:
+    """Group ``out``'s keep-mask is the channel-wise OR of its ``inputs``' masks.
+
+    This is the paper's *union coupling* at a residual add: a channel of the stream after the
+    add is alive when any tensor added into it keeps that channel. ``out`` is a *derived*
+    group: no back-end chooses its mask, it follows from its inputs (``v >= u_i``,
+    ``v <= sum_i u_i`` per channel).
+    """
+
+    out: int
+    inputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ResourceConstraint:
     """``cost(N) <= budget`` for one named resource (e.g. ``"flops"``)."""
 
@@ -103,6 +117,11 @@ class ChannelProblem:
     Frozen groups are fixed fully kept. A kept count must be at least ``min_keep[g]`` and,
     when ``round_to[g]`` is set, a multiple of it (or the full size). Validated on
     construction: errors name the bad value and say what to do.
+
+    ``unions`` make some groups *derived* (see :class:`UnionConstraint`); ``min_keep`` and
+    ``round_to`` do not apply to them. A derived group with a frozen input is always full and
+    counts as frozen; a derived group given as frozen freezes all its inputs (its stream must
+    stay whole, so every tensor added into it must too).
     """
 
     sizes: tuple[int, ...]
@@ -114,6 +133,7 @@ class ChannelProblem:
     objective_constant: float = 0.0
     constraints: tuple[ResourceConstraint, ...] = ()
     names: tuple[str, ...] | None = None
+    unions: tuple[UnionConstraint, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.sizes)
@@ -138,6 +158,7 @@ class ChannelProblem:
         object.__setattr__(self, "bilinear", tuple(self.bilinear))
         object.__setattr__(self, "linear", tuple(self.linear))
         object.__setattr__(self, "constraints", tuple(self.constraints))
+        self._check_unions(n, sizes)
 
         def check_group(g: int, where: str) -> None:
             if not isinstance(g, (int, np.integer)) or not 0 <= g < n:
@@ -180,6 +201,88 @@ class ChannelProblem:
             if not math.isfinite(c.cost.constant):
                 raise ValueError(f"cost {c.name!r} constant must be finite")
 
+    def _check_unions(self, n: int, sizes: tuple[int, ...]) -> None:
+        unions = tuple(UnionConstraint(int(u.out), tuple(int(i) for i in u.inputs)) for u in self.unions)
+        object.__setattr__(self, "unions", unions)
+        derived: dict[int, tuple[int, ...]] = {}
+        for k, u in enumerate(unions):
+            for g in (u.out, *u.inputs):
+                if not 0 <= g < n:
+                    raise ValueError(f"unions[{k}]: group id {g} out of range [0, {n})")
+            if len(set(u.inputs)) < 2 or u.out in u.inputs:
+                raise ValueError(f"unions[{k}]: group {u.out} needs at least two distinct inputs other "
+                                 f"than itself, got {u.inputs}")
+            if u.out in derived:
+                raise ValueError(f"unions[{k}]: group {u.out} is already the union of {derived[u.out]}; "
+                                 f"a group can be derived only once")
+            bad = [g for g in u.inputs if sizes[g] != sizes[u.out]]
+            if bad:
+                raise ValueError(f"unions[{k}]: inputs {bad} have sizes {[sizes[g] for g in bad]} but "
+                                 f"group {u.out} has {sizes[u.out]}; a union needs equal sizes")
+            derived[u.out] = u.inputs
+        order: list[int] = []  # derived groups, each after the derived groups it reads
+        state: dict[int, int] = {}
+
+        def visit(g: int, path: tuple[int, ...]) -> None:
+            if state.get(g) == 2 or g not in derived:
+                return
+            if state.get(g) == 1:
+                raise ValueError(f"unions form a cycle through groups {path}; an add cannot feed itself")
+            state[g] = 1
+            for i in derived[g]:
+                visit(i, path + (i,))
+            state[g] = 2
+            order.append(g)
+
+        for g in derived:
+            visit(g, (g,))
+        frozen = list(self.frozen)
+        for v in reversed(order):  # a frozen stream freezes everything added into it
+            if frozen[v]:
+                for i in derived[v]:
+                    frozen[i] = True
+        for v in order:  # a stream with a frozen (always full) input is always full
+            if any(frozen[i] for i in derived[v]):
+                frozen[v] = True
+        object.__setattr__(self, "frozen", tuple(frozen))
+        object.__setattr__(self, "_derived", derived)
+        object.__setattr__(self, "_union_order", tuple(order))
+
+    # ------------------------------------------------------------------ unions
+    @property
+    def derived(self) -> dict[int, tuple[int, ...]]:
+        """Derived group -> the groups whose OR it is (empty without union coupling)."""
+        return dict(self._derived)
+
+    @property
+    def union_order(self) -> tuple[int, ...]:
+        """Derived groups in an order where every derived input comes first."""
+        return self._union_order
+
+    @property
+    def free(self) -> list[int]:
+        """Groups a back-end decides: prunable and not derived."""
+        return [g for g in range(len(self.sizes)) if not self.frozen[g] and g not in self._derived]
+
+    def sources(self, g: int) -> set[int]:
+        """The non-derived groups whose OR gives group ``g`` (``{g}`` for a non-derived group)."""
+        if g not in self._derived:
+            return {g}
+        out: set[int] = set()
+        for i in self._derived[g]:
+            out |= self.sources(i)
+        return out
+
+    def complete(self, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``masks`` with every derived group's mask recomputed from its inputs (and frozen
+        groups fully kept): the masks a back-end returns."""
+        out = [np.ones(s, dtype=bool) if self.frozen[g] else np.asarray(masks[g], dtype=bool).copy()
+               for g, s in enumerate(self.sizes)]
+        for v in self._union_order:
+            if not self.frozen[v]:
+                out[v] = np.logical_or.reduce([out[i] for i in self._derived[v]])
+        return out
+
     @staticmethod
     def _check_values(w: np.ndarray, where: str) -> None:
         if not np.all(np.isfinite(w)):
@@ -201,6 +304,8 @@ class ChannelProblem:
         size = self.sizes[g]
         if self.frozen[g]:
             return [size]
+        if g in self._derived:
+            return list(range(1, size + 1))
         r = self.round_to[g] or 1
         vals = [k for k in range(self.min_keep[g], size + 1) if k % r == 0 or k == size]
         return vals or [size]
@@ -231,8 +336,14 @@ class ChannelProblem:
         return {c.name: c.cost.evaluate(n) for c in self.constraints}
 
     def feasible(self, masks: Sequence[np.ndarray], rtol: float = 1e-12) -> bool:
-        """Budgets hold (in floating point) and every count is allowed."""
+        """Budgets hold (in floating point), every count is allowed and every derived mask is
+        the OR of its inputs."""
         n = self.counts(masks)
+        for v in self._union_order:
+            if not self.frozen[v] and not np.array_equal(
+                    np.asarray(masks[v], dtype=bool),
+                    np.logical_or.reduce([np.asarray(masks[i], dtype=bool) for i in self._derived[v]])):
+                return False
         for g in range(len(self.sizes)):
             if n[g] not in set(self.allowed_counts(g)):
                 return False
