@@ -311,7 +311,13 @@ class ChannelProblem:
         return vals or [size]
 
     def min_counts(self) -> np.ndarray:
-        return np.array([self.allowed_counts(g)[0] for g in range(len(self.sizes))], dtype=np.int64)
+        """The smallest kept counts; every cost is smallest there (coefficients are >= 0). A
+        derived group's is the largest of its sources' (all keeping the same channels)."""
+        n = np.array([self.allowed_counts(g)[0] for g in range(len(self.sizes))], dtype=np.int64)
+        for v in self._union_order:
+            if not self.frozen[v]:
+                n[v] = max(n[s] for s in self.sources(v))
+        return n
 
     def full_masks(self) -> list[np.ndarray]:
         return [np.ones(s, dtype=bool) for s in self.sizes]
