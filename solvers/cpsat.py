@@ -4,7 +4,9 @@ Binary ``x[g, a]`` per prunable channel, integer counts ``N_g`` over the allowed
 ``N_g * N_h`` through ``AddMultiplicationEquality``; costs scaled to integers rounding
 coefficients up and budgets down; importances scaled to integers (``details["resolution"]``)
 with the objective re-computed in floating point from the masks; the pairwise or Glover
-linearization of the bilinear objective; greedy warm start via solution hints.
+linearization of the bilinear objective; greedy warm start via solution hints. A derived
+(union) group has its own Booleans tied to its inputs' by the OR rule per channel
+(``u -> v`` for each input, ``v -> OR(u)``) and a count over ``1..size``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from .linearize import (choose_linearization, glover_rows, integer_cost, nonzeros, objective_scale,
-                        pairwise_entries)
+                        pairwise_entries, union_rows)
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -52,6 +54,7 @@ def build_cpsat(problem: ChannelProblem, red: Reduced, linearization: str):
     for g in P:
         N[g] = model.NewIntVarFromDomain(cp_model.Domain.FromValues(problem.allowed_counts(g)), f"N{g}")
         model.Add(N[g] == cp_model.LinearExpr.Sum(x[g]))
+    add_unions(model, problem, x)
     products = {}
 
     def product(g: int, h: int):
@@ -107,6 +110,15 @@ def build_cpsat(problem: ChannelProblem, red: Reduced, linearization: str):
     info = {"linearization": method, "resolution": 1.0 / S, "nonzero_weights": nonzeros(red),
             "variables": len(model.Proto().variables), "constraints": len(model.Proto().constraints)}
     return model, x, N, products, aux, S, slack, objective, info
+
+
+def add_unions(model: cp_model.CpModel, problem: ChannelProblem, x: dict) -> None:
+    """Each derived channel is kept exactly when one of its inputs' channels is."""
+    for v, inputs in union_rows(problem):
+        for a, xv in enumerate(x[v]):
+            for u in inputs:
+                model.AddImplication(x[u][a], xv)
+            model.AddBoolOr([x[u][a] for u in inputs] + [xv.Not()])
 
 
 def add_hint(model: cp_model.CpModel, x, N, products, aux, masks: list[np.ndarray]) -> None:
@@ -165,8 +177,8 @@ def solve_cpsat(problem: ChannelProblem, red: Reduced, *, time_limit: float, see
     if upper is not None and np.isfinite(upper):
         model.Add(objective <= int(np.floor((upper - red.constant) * (1 + 1e-9) * S + slack + 1)))
         info["objective_cut"] = True
-    if hint is not None:
-        add_hint(model, x, N, products, aux, hint)
+    if hint is not None:  # completed: a hint of the free groups' masks serves too
+        add_hint(model, x, N, products, aux, problem.complete(hint))
     solver = cp_model.CpSolver()
     prm = solver.parameters
     info["build_time"] = time.perf_counter() - start

@@ -1,5 +1,6 @@
-"""Shared pieces of the exact MILP/CP models: integer scaling of costs and importances, and
-the choice between the pairwise and the Glover linearization of ``x_g^T W x_h``."""
+"""Shared pieces of the exact MILP/CP models: integer scaling of costs and importances, the
+choice between the pairwise and the Glover linearization of ``x_g^T W x_h``, and the union
+rows (``v >= u_i``, ``v <= sum_i u_i`` per channel of a derived group)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def cost_scale(problem: ChannelProblem, r: int, target: float = 2.0 ** 50) -> fl
     c = problem.constraints[r]
     full = c.cost.evaluate(problem.sizes)
     return target / max(full, c.budget, 1e-300)
+
+
+def union_rows(problem: ChannelProblem) -> list[tuple[int, tuple[int, ...]]]:
+    """``(derived group, its inputs)`` per union the model must enforce: the derived group is
+    prunable, and then so is every input (a frozen input would have frozen it)."""
+    return [(v, problem.derived[v]) for v in problem.union_order if not problem.frozen[v]]
+
+
+def rounding(problem: ChannelProblem, g: int) -> int | None:
+    """``round_to`` of group ``g`` as the model applies it: never on a derived group."""
+    return None if g in problem.derived else problem.round_to[g]
 
 
 def pairwise_entries(pr: Pair) -> Iterator[tuple[int, int, float]]:

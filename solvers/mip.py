@@ -5,6 +5,7 @@ linearization (continuous variables, real weights: no scaling), and each count p
 ``N_g * N_h`` by an exact lower envelope: ``N_g`` in binary (or one-hot over its allowed
 values when ``round_to`` is set) and ``P >= sum_k 2^k w_k`` with ``w_k >= N_h - U_h (1 - b_k)``,
 ``w_k >= 0``. Since costs only grow with ``P``, ``P >= N_g N_h`` is exact for feasibility.
+A derived (union) group's binaries obey ``v >= u_i`` and ``v <= sum_i u_i`` per channel.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import numpy as np
 from ortools.math_opt.python import mathopt
 
-from .linearize import choose_linearization, folded_cost, glover_rows, pairwise_entries
+from .linearize import choose_linearization, folded_cost, glover_rows, pairwise_entries, rounding, union_rows
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -32,6 +33,15 @@ MATHOPT_STATUS = {
     mathopt.TerminationReason.OTHER_ERROR: "ERROR",
 }
 SOLVERS = {"scip": mathopt.SolverType.GSCIP, "highs": mathopt.SolverType.HIGHS}
+
+
+def add_unions(m: mathopt.Model, problem: ChannelProblem, x: dict) -> None:
+    """Each derived channel is kept exactly when one of its inputs' channels is."""
+    for v, inputs in union_rows(problem):
+        for a, xv in enumerate(x[v]):
+            for u in inputs:
+                m.add_linear_constraint(xv >= x[u][a])
+            m.add_linear_constraint(xv <= mathopt.fast_sum(x[u][a] for u in inputs))
 
 
 def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, linearization: str,
@@ -52,19 +62,19 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
     sizes = problem.sizes
     x = {g: [m.add_binary_variable(name=f"x{g}_{a}") for a in range(sizes[g])] for g in P}
     N = {g: mathopt.fast_sum(x[g]) for g in P}
+    add_unions(m, problem, x)
     digits: dict[int, list] = {}  # g -> [(value weight, binary var)]
     for g in P:
-        allowed = problem.allowed_counts(g)
+        allowed, step = problem.allowed_counts(g), rounding(problem, g)
         if products == "quadratic":
-            allowed_set = allowed
-            if problem.round_to[g]:
-                q = m.add_integer_variable(lb=0, ub=sizes[g] // problem.round_to[g], name=f"q{g}")
+            if step:
+                q = m.add_integer_variable(lb=0, ub=sizes[g] // step, name=f"q{g}")
                 full = m.add_binary_variable(name=f"f{g}")  # the full size, when not a multiple
-                m.add_linear_constraint(N[g] == problem.round_to[g] * q + (sizes[g] - problem.round_to[g] * (sizes[g] // problem.round_to[g])) * full)
-                m.add_linear_constraint(q >= (sizes[g] // problem.round_to[g]) * full)
-            m.add_linear_constraint(N[g] >= allowed_set[0])
+                m.add_linear_constraint(N[g] == step * q + (sizes[g] - step * (sizes[g] // step)) * full)
+                m.add_linear_constraint(q >= (sizes[g] // step) * full)
+            m.add_linear_constraint(N[g] >= allowed[0])
             continue
-        if problem.round_to[g]:
+        if step:
             lam = [m.add_binary_variable(name=f"l{g}_{v}") for v in allowed]
             m.add_linear_constraint(mathopt.fast_sum(lam) == 1)
             m.add_linear_constraint(N[g] == mathopt.fast_sum(v * l for v, l in zip(allowed, lam)))
@@ -120,7 +130,8 @@ def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed:
     if mip_solver == "scip":
         params.threads = 1  # MathOpt's HiGHS rejects the threads parameter
     mparams = None
-    if hint is not None:
+    if hint is not None:  # completed: a hint of the free groups' masks serves too
+        hint = problem.complete(hint)
         values = {v: float(hint[g][a]) for g in P for a, v in enumerate(x[g])}
         mparams = mathopt.ModelSolveParameters(solution_hints=[mathopt.SolutionHint(variable_values=values)])
     info = {"linearization": method, "mip_solver": mip_solver, "products": products, "variables": len(list(m.variables()))}

@@ -2,7 +2,8 @@
 
 Keep-variables relax to [0, 1]; count products ``N_g N_h`` are bounded from below by their
 McCormick envelopes over the allowed count ranges; the bilinear objective uses the pairwise
-(``y <= x_a, y <= x_b``) or Glover (``z_a <= M_a x_a, z_a <= W_a x``) linearization. Any
+(``y <= x_a, y <= x_b``) or Glover (``z_a <= M_a x_a, z_a <= W_a x``) linearization; a
+derived (union) group's variables obey ``u_i <= v <= sum_i u_i`` per channel. Any
 optimum of the discrete problem is feasible here, so the LP value is a valid upper bound
 (padded by the solver's tolerance).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 
-from .linearize import choose_linearization, folded_cost
+from .linearize import choose_linearization, folded_cost, union_rows
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -24,11 +25,13 @@ def relaxation_bound(problem: ChannelProblem, red: Reduced, *, linearization: st
     P = red.prunable
     x = {g: cp.Variable(sizes[g]) for g in P}
     cons = []
+    least = problem.min_counts()  # a derived group keeps at least as many as each source
     for g in P:
-        lo = problem.allowed_counts(g)[0]
-        cons += [x[g] >= 0, x[g] <= 1, cp.sum(x[g]) >= lo]
+        cons += [x[g] >= 0, x[g] <= 1, cp.sum(x[g]) >= least[g]]
+    for v, inputs in union_rows(problem):
+        cons += [x[v] >= x[u] for u in inputs] + [x[v] <= sum(x[u] for u in inputs)]
     N = {g: cp.sum(x[g]) for g in P}
-    rng = {g: (problem.allowed_counts(g)[0], sizes[g]) for g in P}
+    rng = {g: (int(least[g]), sizes[g]) for g in P}
     for i, c in enumerate(problem.constraints):
         bil, lin, const = folded_cost(problem, i)
         expr = 0
