@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from .groups import Segment
 from .propagate import FlopTerm, MemoryTerm, Propagator
+from .unions import settle_unions
 from .trace import NodeInfo, record, symbolic_trace
 
 
@@ -35,13 +36,18 @@ class Member:
 
 @dataclass
 class ChannelGroup:
-    """Channels kept or removed together; ``frozen`` groups are never pruned."""
+    """Channels kept or removed together; ``frozen`` groups are never pruned.
+
+    With union coupling, the sum of an add is a group of its own whose mask is the OR of the
+    groups in ``union_of`` (a *derived* group; empty for every other group).
+    """
 
     id: int
     name: str
     size: int
     frozen_reasons: list[str] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
+    union_of: tuple[int, ...] = ()
 
     @property
     def frozen(self) -> bool:
@@ -79,6 +85,10 @@ class ChannelGraph:
     node_info: dict[str, NodeInfo]
     node_layouts: dict[str, Any]
     unused_parameters: list[str]
+    coupling: str = "shared"
+    # union coupling: class member group -> the group whose width a slimmed stream carries
+    carrier: dict[int, int] = field(default_factory=dict)
+    shared_adds: list[str] = field(default_factory=list)  # adds kept shared in union mode, and why
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -127,6 +137,9 @@ class ChannelGraph:
             "params": sorted((k, list(v)) for k, v in self.param_shapes.items()),
             "inputs": [list(s) for s in self.input_shapes],
         }
+        if self.coupling != "shared":
+            payload["coupling"] = self.coupling
+            payload["unions"] = [(g.id, list(g.union_of)) for g in self.groups if g.union_of]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ networkx views
@@ -183,19 +196,25 @@ def build_channel_graph(
     *,
     frozen: Sequence[str] = (),
     leaf_modules: Sequence[str | type] = (),
+    coupling: str = "shared",
 ) -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` into a :class:`ChannelGraph`.
 
     ``frozen`` names modules (or groups) whose channels must never be pruned;
     ``leaf_modules`` names submodules (or types) that torch.fx should not trace into
-    (they become opaque ops and freeze the channels they touch).
+    (they become opaque ops and freeze the channels they touch). ``coupling`` says what an
+    add does to its operands' channels: ``"shared"`` (one keep-mask for all of them) or
+    ``"union"`` (the sum keeps a channel when any operand does; see ``graph/unions.py``).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if coupling not in ("shared", "union"):
+        raise ValueError(f"coupling={coupling!r} must be 'shared' (adds share one keep-mask) or 'union' "
+                         f"(a channel of a sum is kept when any operand keeps it)")
     inputs = _as_tuple(example_inputs)
     gm = symbolic_trace(model, leaf_modules)
     info, _ = record(gm, inputs)
-    prop = Propagator(gm, info).run()
+    prop = Propagator(gm, info, coupling).run()
     t = prop.table
 
     known = {name for name, _ in model.named_modules()}
@@ -211,7 +230,8 @@ def build_channel_graph(
         for g in named_groups:
             t.freeze(g, f"frozen by the user (frozen={name!r})")
 
-    roots = sorted({t.find(i) for i in range(len(t.records))})
+    unions = settle_unions(t, prop.unions, prop.claims, gm, prop.layouts)
+    roots = sorted({t.find(i) for i in range(len(t.records))} - t.dead)
     new_id = {r: i for i, r in enumerate(roots)}
 
     def rs(segs: tuple[Segment, ...] | None) -> tuple[Segment, ...] | None:
@@ -229,7 +249,9 @@ def build_channel_graph(
             name = f"{name}#{names[rec.name]}"
         else:
             names[name] = 1
-        groups.append(ChannelGroup(new_id[r], name, rec.size, list(rec.reasons)))
+        groups.append(ChannelGroup(new_id[r], name, rec.size, list(rec.reasons),
+                                   union_of=tuple(new_id[i] for i in unions.derived.get(r, ()))))
+    carrier = {new_id[g]: new_id[c] for g, c in unions.carrier.items()}
 
     claims = {k: rs(v) for k, v in prop.claims.items()}
     for (tensor, dim), segs in claims.items():
@@ -245,7 +267,10 @@ def build_channel_graph(
         layers.append(PrunableLayer(rec.module, rec.weight, rec.kind, out, inp))
 
     flop_terms = [FlopTerm(f.node, f.coef, rs(f.out), rs(f.inp)) for f in prop.flop_terms]
-    memory_terms = [MemoryTerm(m.node, m.coef, rs(m.segments)) for m in prop.memory_terms]
+    # a slimmed model writes a union class's tensors at its carrier's width
+    memory_terms = [MemoryTerm(m.node, m.coef, tuple(Segment(carrier.get(x.group, x.group), x.block)
+                                                     for x in rs(m.segments)))
+                    for m in prop.memory_terms]
     layouts = {}
     for k, v in prop.layouts.items():
         if hasattr(v, "segments"):
@@ -271,4 +296,7 @@ def build_channel_graph(
         node_info=info,
         node_layouts=layouts,
         unused_parameters=unused,
+        coupling=coupling,
+        carrier=carrier,
+        shared_adds=unions.shared,
     )

@@ -41,6 +41,7 @@ class GroupTable:
     def __init__(self) -> None:
         self.records: list[GroupRecord] = []
         self.parent: list[int] = []
+        self.dead: set[int] = set()  # roots replaced by the pieces they were split into
 
     def new(self, name: str, size: int, frozen_reason: str | None = None) -> int:
         gid = len(self.records)

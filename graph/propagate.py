@@ -75,6 +75,8 @@ class Propagation:
     constant_memory: int = 0
     layers: dict[str, LayerRecord] = field(default_factory=dict)
     ops: dict[str, str] = field(default_factory=dict)  # node -> readable op description
+    # union coupling: (derived group, input groups, add node) per channel segment of an add
+    unions: list[tuple[int, tuple[int, ...], str]] = field(default_factory=list)
 
 
 _ACTIVATION_MODULES = (
@@ -115,6 +117,8 @@ _BINARY_FUNCS = {
     torch.maximum, torch.minimum,
 }
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"}
+_ADDITIONS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
+              "add", "add_", "sub", "sub_"}
 _DIVISIONS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
@@ -137,8 +141,10 @@ def _is_shape(x: Any) -> bool:
 class Propagator:
     """Applies the channel rules node by node; see the module docstring."""
 
-    def __init__(self, gm: fx.GraphModule, info: dict[str, NodeInfo]) -> None:
+    def __init__(self, gm: fx.GraphModule, info: dict[str, NodeInfo], coupling: str = "shared") -> None:
         self.gm = gm
+        self.coupling = coupling
+        self.pieces: dict[int, list[int]] = {}  # split group root -> its pieces, in order
         self.info = info
         self.p = Propagation()
         self.t = self.p.table
@@ -493,6 +499,12 @@ class Propagator:
             return self.unknown(node, "elementwise op whose operands' channel axes disagree")
         dim = dims.pop()
         base = next(lay for d, lay, _ in tracked if lay is not None)
+        if (self.coupling == "union" and target in _ADDITIONS and not frees
+                and all(lay is not None for _, lay, _ in tracked)):
+            union = self.union_layout(node, [lay for _, lay, _ in tracked], dim, desc)
+            if union is not None:
+                self.p.layouts[node.name] = union
+                return
         for d, lay, inp in tracked:
             if lay is None:
                 shp = self.shape(inp)
@@ -508,6 +520,86 @@ class Propagator:
             if pd >= 0 and t.shape[pd] != 1:
                 self.claim(free.tensor, pd, base.segments, desc)
         self.p.layouts[node.name] = Layout(dim, base.segments)
+
+    def union_layout(self, node: fx.Node, lays: list[Layout], dim: int, desc: str) -> Layout | None:
+        """Union coupling at an add: each channel segment of the sum gets a new group, the OR
+        of the operands' groups (recorded in ``unions``). None when the operands' segments do
+        not line up (the caller then merges, which freezes them with a reason)."""
+        if not all(self.t.same_structure(lays[0].segments, lay.segments) for lay in lays[1:]):
+            if not self.refine_to_common(lays):
+                return None
+            lays = [self.layout_now(lay) for lay in lays]
+        segs = lays[0].segments
+        out = []
+        for k, seg in enumerate(segs):
+            inputs = tuple(dict.fromkeys(self.t.find(lay.segments[k].group) for lay in lays))
+            if len(inputs) == 1:
+                out.append(seg)
+                continue
+            g = self.t.new(f"{node.name}" + (f"[{k}]" if len(segs) > 1 else ""), self.t.size(seg.group))
+            self.p.unions.append((g, inputs, node.name))
+            out.append(Segment(g, seg.block))
+        return Layout(dim, tuple(out))
+
+    def layout_now(self, lay: Layout) -> Layout:
+        """``lay`` with split groups replaced by their pieces."""
+        return Layout(lay.dim, self.refined(lay.segments))
+
+    def refined(self, segs: tuple[Segment, ...] | None) -> tuple[Segment, ...] | None:
+        if segs is None:
+            return None
+        out: list[Segment] = []
+        for s in segs:
+            pieces = self.pieces.get(self.t.find(s.group))
+            if pieces:
+                out.extend(Segment(p, s.block) for p in pieces)
+            else:
+                out.append(s)
+        return tuple(out)
+
+    def refine_to_common(self, lays: list[Layout]) -> bool:
+        """Split groups so that every operand of an add has the same segment boundaries
+        (e.g. a conv output added to a concatenation): each piece becomes a group of its own.
+        Only plain (block 1), not yet coupled groups are split; False if that is not enough."""
+        if any(s.block != 1 for lay in lays for s in lay.segments):
+            return False
+        cuts: set[int] = set()
+        for lay in lays:
+            pos = 0
+            for s in lay.segments:
+                pos += self.t.size(s.group)
+                cuts.add(pos)
+        coupled = {self.t.find(g) for g, ins, _ in self.p.unions for g in (g, *ins)}
+        for lay in lays:
+            pos = 0
+            for s in lay.segments:
+                root, size = self.t.find(s.group), self.t.size(s.group)
+                inner = sorted(c - pos for c in cuts if pos < c < pos + size)
+                if inner:
+                    if root in coupled or root in self.pieces:
+                        return False
+                    bounds = [0, *inner, size]
+                    rec = self.t.records[root]
+                    self.pieces[root] = [self.t.new(f"{rec.name}[{a}:{b}]", b - a) for a, b in zip(bounds, bounds[1:])]
+                    for p in self.pieces[root]:
+                        self.t.records[p].reasons.extend(rec.reasons)
+                    self.t.dead.add(root)
+                pos += size
+        self.apply_pieces()
+        return True
+
+    def apply_pieces(self) -> None:
+        """Rewrite every recorded layout, claim and cost term in terms of split groups' pieces."""
+        for k, v in list(self.p.layouts.items()):
+            if isinstance(v, Layout):
+                self.p.layouts[k] = self.layout_now(v)
+            elif isinstance(v, list):
+                self.p.layouts[k] = [self.layout_now(x) if isinstance(x, Layout) else x for x in v]
+        self.p.claims = {k: self.refined(v) for k, v in self.p.claims.items()}
+        for f in self.p.flop_terms:
+            f.out, f.inp = self.refined(f.out), self.refined(f.inp)
+        for m in self.p.memory_terms:
+            m.segments = self.refined(m.segments)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> None:
         first = self.first_tensor(node)

@@ -36,6 +36,7 @@ def trace(
     *,
     frozen: Sequence[str] = (),
     leaf_modules: Sequence[str | type] = (),
+    coupling: str = "shared",
 ) -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` into its channel-dependency graph.
 
@@ -44,8 +45,11 @@ def trace(
     frozen); use it for submodules fx cannot trace. Raises :class:`TraceError` naming the
     failing construct when fx cannot trace the model or the inputs do not run through it.
     The model is not modified (training flags are restored; BN statistics do not change).
+    ``coupling``: ``"shared"`` (operands of an add share one keep-mask) or ``"union"`` (a sum
+    keeps a channel when any operand does; see ``plan_channels``).
     """
-    return build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules)
+    return build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules,
+                               coupling=coupling)
 
 
 def load_plan(path: str) -> PruningPlan:

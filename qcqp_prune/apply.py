@@ -7,6 +7,14 @@ parameter slice of a removed channel is multiplied by zero through
 ``torch.nn.utils.parametrize`` (so training keeps it at zero). Whole groups are masked:
 producer rows, biases, norm affine parameters and consumer columns, so nothing a removed
 channel carries can reach a kept output. The user's model is never modified.
+
+Union coupling (``coupling="union"``): a residual stream keeps a channel when any tensor
+added into it does, so a block may compute fewer channels than its stream carries. In a
+slimmed model every tensor of such a stream is carried at the width of its *carrier* (the OR
+of everything added into it); a :class:`StreamAdapter` on each module that touches the stream
+gathers the channels the module reads and scatters the channels it computes into the carrier
+width, so adds still see equal shapes and the user's ``forward`` keeps working. The adapters
+cost memory traffic, no FLOPs.
 """
 
 from __future__ import annotations
@@ -32,6 +40,82 @@ class ChannelMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask
+
+
+class StreamAdapter(nn.Module):
+    """Gathers the channels a module reads from a union-coupled stream (forward pre-hook) and
+    scatters the channels it computes into the stream's width (forward hook)."""
+
+    def __init__(self, gather: tuple[int, np.ndarray] | None, scatter: tuple[int, np.ndarray, int] | None) -> None:
+        super().__init__()
+        self.gather_dim = None if gather is None else gather[0]
+        self.scatter_dim, self.width = (None, 0) if scatter is None else (scatter[0], scatter[2])
+        self.register_buffer("gather_index", None if gather is None else
+                             torch.as_tensor(gather[1], dtype=torch.long), persistent=False)
+        self.register_buffer("scatter_index", None if scatter is None else
+                             torch.as_tensor(scatter[1], dtype=torch.long), persistent=False)
+
+    def gather(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0].index_select(self.gather_dim, self.gather_index), *args[1:])
+
+    def scatter(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        shape = list(out.shape)
+        shape[self.scatter_dim] = self.width
+        return out.new_zeros(shape).index_copy(self.scatter_dim, self.scatter_index, out)
+
+    def extra_repr(self) -> str:
+        parts = []
+        if self.gather_index is not None:
+            parts.append(f"gather {len(self.gather_index)} channels on dim {self.gather_dim}")
+        if self.scatter_index is not None:
+            parts.append(f"scatter {len(self.scatter_index)} into {self.width} on dim {self.scatter_dim}")
+        return ", ".join(parts)
+
+
+def _stream_positions(graph: ChannelGraph, segs: Sequence, masks: Sequence[np.ndarray]) -> tuple[np.ndarray, int, bool]:
+    """Where a module's compact channels (laid out as ``segs``) sit in the tensor a slimmed
+    union-coupled model carries: positions, carried width, and whether they differ."""
+    pos, offset, moved = [], 0, False
+    for s in segs:
+        kept = np.flatnonzero(masks[s.group])
+        carrier = graph.carrier.get(s.group)
+        if carrier is None:
+            ch, width = np.arange(len(kept)), len(kept)
+        else:
+            wide = np.flatnonzero(masks[carrier])
+            ch, width = np.searchsorted(wide, kept), len(wide)
+            moved |= width != len(kept)
+        pos.append(offset + (ch[:, None] * s.block + np.arange(s.block)[None, :]).ravel())
+        offset += width * s.block
+    return (np.concatenate(pos) if pos else np.zeros(0, dtype=np.int64)), offset, moved
+
+
+def _add_stream_adapters(new: nn.Module, graph: ChannelGraph, masks: Sequence[np.ndarray]) -> None:
+    owners = {tensor.rpartition(".")[0] for tensor, _ in graph.claims}
+    for node in graph.graph_module.graph.nodes:
+        if node.op != "call_module" or node.target not in owners:
+            continue
+        gather = scatter = None
+        first = node.all_input_nodes[0] if node.all_input_nodes else None
+        lay_in = graph.node_layouts.get(first.name) if first is not None else None
+        if lay_in is not None:
+            pos, _, moved = _stream_positions(graph, lay_in.segments, masks)
+            if moved:
+                gather = (lay_in.dim, pos)
+        lay_out = graph.node_layouts.get(node.name)
+        if lay_out is not None:
+            pos, width, moved = _stream_positions(graph, lay_out.segments, masks)
+            if moved:
+                scatter = (lay_out.dim, pos, width)
+        if gather is None and scatter is None:
+            continue
+        mod = new.get_submodule(node.target)
+        adapter = StreamAdapter(gather, scatter)
+        mod.add_module("stream_adapter", adapter)
+        if gather is not None:
+            mod.register_forward_pre_hook(adapter.gather)
+        if scatter is not None:
+            mod.register_forward_hook(adapter.scatter)
 
 
 def validate_masks(graph: ChannelGraph, masks: Any) -> list[np.ndarray]:
@@ -63,6 +147,26 @@ def validate_masks(graph: ChannelGraph, masks: Any) -> list[np.ndarray]:
         if g.frozen and not arr.all():
             raise ValueError(f"group {g.name!r} is frozen ({g.frozen_reasons[0]}) and cannot be pruned")
         out[gid] = arr
+    given = {gid for gid, _ in items}
+    done: set[int] = set()
+
+    def settle(g) -> None:  # union coupling: a sum keeps exactly what its operands keep
+        if g.id in done:
+            return
+        done.add(g.id)
+        for i in g.union_of:
+            settle(graph.groups[i])
+        if g.union_of and not g.frozen:
+            union = np.logical_or.reduce([out[i] for i in g.union_of])
+            if g.id not in given:
+                out[g.id] = union
+            elif not np.array_equal(out[g.id], union):
+                raise ValueError(f"mask of group {g.name!r} must be the OR of the masks of "
+                                 f"{[graph.groups[i].name for i in g.union_of]} (union coupling); "
+                                 f"leave it out of a mask dict to have it computed")
+
+    for g in graph.groups:
+        settle(g)
     return out
 
 
@@ -123,6 +227,8 @@ def slim_model(model: nn.Module, graph: ChannelGraph, masks: Any) -> nn.Module:
             mod._buffers[attr] = data
     for mod_name, was_dw in touched.items():
         _fix_attributes(new.get_submodule(mod_name), was_dw)
+    if graph.carrier:
+        _add_stream_adapters(new, graph, masks)
     return new
 
 

@@ -117,12 +117,12 @@ def cmd_plan(args) -> int:
     latency_model = qp.LatencyModel.load(args.latency_model) if args.latency_model else None
     print(f"tracing {args.model} on input {tuple(x.shape)} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    graph = qp.trace(model, x)
+    graph = qp.trace(model, x, coupling=args.coupling)
     print(f"  {len(graph.groups)} groups ({len(graph.prunable_groups)} prunable), {len(graph.layers)} layers "
           f"in {time.perf_counter() - t0:.1f}s; solving with {args.solver} (time limit {args.time_limit:g}s) ...",
           file=sys.stderr, flush=True)
     progress = _progress(not args.quiet)
-    plan = qp.plan_channels(model, x, budget, importance=args.importance, solver=args.solver,
+    plan = qp.plan_channels(model, x, budget, importance=args.importance, solver=args.solver, coupling=args.coupling,
                             time_limit=args.time_limit, seed=args.seed, graph=graph,
                             latency_model=latency_model, progress=progress,
                             **({"gap_limit": args.gap_limit} if args.solver in ("cpsat", "mip") else {}))
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=30.0)
     p.add_argument("--gap-limit", type=float, default=0.0,
                    help="stop once the certified relative gap is at most this (e.g. 0.005); default: prove optimality")
+    p.add_argument("--coupling", default="shared", choices=["shared", "union"],
+                   help="adds: operands share one keep-mask (shared) or a sum keeps a channel any operand keeps (union)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="plan JSON to write")
     p.add_argument("--encoding", default="indices", choices=["indices", "bitmap"])

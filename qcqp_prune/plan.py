@@ -54,6 +54,8 @@ class PruningPlan:
     solver_details: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     latency_model: dict[str, Any] | None = None  # which latency model priced the plan
+    coupling: str = "shared"  # "union": a sum keeps a channel when any operand does
+    unions: dict[int, tuple[int, ...]] = field(default_factory=dict)  # derived group -> its operands
     graph: ChannelGraph | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -72,7 +74,7 @@ class PruningPlan:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         inputs = tuple(torch.zeros(s, device=device, dtype=dtype) for s in self.input_shapes)
         try:
-            graph = build_channel_graph(model, inputs)
+            graph = build_channel_graph(model, inputs, coupling=self.coupling)
         except Exception as e:
             raise ValueError(f"this plan does not fit the model: tracing it on the plan's input "
                              f"shapes {self.input_shapes} failed ({e})") from e
@@ -180,6 +182,7 @@ def build_problem(graph: ChannelGraph, scores: Mapping[str, np.ndarray], limits:
         objective_constant=const,
         constraints=tuple(ResourceConstraint(k, costs[k], float(v)) for k, v in limits.items()),
         names=tuple(g.name for g in graph.groups),
+        unions=tuple(solvers.UnionConstraint(g.id, g.union_of) for g in graph.groups if g.union_of),
     )
 
 
@@ -201,10 +204,16 @@ def plan_channels(
     progress: Callable[[float, float | None, float], None] | None = None,
     graph: ChannelGraph | None = None,
     latency_model: Any = None,
+    coupling: str | None = None,
     **solver_options: Any,
 ) -> PruningPlan:
     """Choose the channels to keep so that every budget holds and the kept importance is
     maximal (proven, or with a certified gap when the time limit stops the solver).
+
+    ``coupling="union"`` lets a residual block compute fewer channels than its stream
+    carries: a channel of a sum is kept when any operand keeps it (the QCQP paper's
+    formulation; ``"shared"``, the default, gives every operand of an add one keep-mask;
+    with ``graph=`` the default is the coupling the graph was traced with).
 
     Raises ``InfeasibleBudgetError`` (a ``ValueError``) stating the smallest achievable cost
     when a budget cannot be met even at ``min_keep`` channels per group.
@@ -213,12 +222,20 @@ def plan_channels(
         raise TypeError(f"budget must be a qcqp_prune.Budget (e.g. Budget(flops=0.5)), got {budget!r}")
     if not isinstance(time_limit, (int, float)) or not math.isfinite(time_limit) or time_limit < 0:
         raise ValueError(f"time_limit={time_limit!r} must be a finite number of seconds >= 0")
-    graph = graph or build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules)
+    if graph is None:
+        graph = build_channel_graph(model, example_inputs, frozen=frozen, leaf_modules=leaf_modules,
+                                    coupling=coupling or "shared")
+    elif coupling is not None and graph.coupling != coupling:
+        raise ValueError(f"graph was traced with coupling={graph.coupling!r} but coupling={coupling!r} was "
+                         f"asked for; trace with qp.trace(model, inputs, coupling={coupling!r})")
     if not graph.prunable_groups:
         warnings.warn(f"the model has no prunable channel group ({len(graph.groups)} groups, all frozen: "
                       f"{'; '.join(sorted({r for rs in graph.frozen_reasons.values() for r in rs}))[:300]}); the plan keeps every "
                       f"channel", UserWarning, stacklevel=2)
     costs = cost_model(graph)
+    if latency_model is not None and graph.coupling != "shared":
+        raise ValueError("latency budgets need coupling='shared' for now: a latency model is fitted on the "
+                         "shared-coupling graph and does not price the stream gathers/scatters of union plans")
     if latency_model is not None:
         costs["latency"] = latency_model.cost(graph)
     elif budget.latency is not None:
@@ -258,6 +275,7 @@ def plan_channels(
         budget=budget, limits=limits,
         importance=importance if isinstance(importance, str) else getattr(importance, "__name__", "custom"),
         solver=solver, seed=seed, wall_time=sol.wall_time, stop_reason=sol.stop_reason,
-        latency_model=lm_info,
+        latency_model=lm_info, coupling=graph.coupling,
+        unions={g.id: g.union_of for g in graph.groups if g.union_of},
         solver_details={"backend": sol.backend, "backend_version": sol.backend_version, **sol.details},
     )

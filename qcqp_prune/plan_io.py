@@ -29,7 +29,7 @@ from .budget import Budget
 from .plan import PruningPlan
 
 FORMAT = "qcqp-prune/plan"
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: optional "coupling" and groups[].union_of (union coupling)
 
 
 class PlanFormatError(ValueError):
@@ -132,6 +132,8 @@ def plan_to_dict(plan: PruningPlan, encoding: str = "indices") -> dict[str, Any]
     if plan.graph is not None:
         for entry, g in zip(groups, plan.graph.groups):
             entry["frozen"] = g.frozen
+    for g, inputs in plan.unions.items():
+        groups[g]["union_of"] = [int(i) for i in inputs]
     layers = {}
     for name, entry in plan.layers.items():
         e = {"kind": entry["kind"], "weight": entry["weight"], "out_size": entry["out_size"],
@@ -150,6 +152,7 @@ def plan_to_dict(plan: PruningPlan, encoding: str = "indices") -> dict[str, Any]
         "model": {"fingerprint": plan.fingerprint, "input_shapes": [list(s) for s in plan.input_shapes]},
         "groups": groups,
         "layers": layers,
+        **({"coupling": plan.coupling} if plan.coupling != "shared" else {}),
         "budget": plan.budget.to_dict(),
         "limits": plan.limits,
         "cost": plan.cost,
@@ -232,6 +235,7 @@ def _plan_from_dict(doc: Any) -> PruningPlan:
         dup = next(n for n in names if names.count(n) > 1)
         raise PlanFormatError(f"invalid plan: groups[{names.index(dup, names.index(dup) + 1)}].name: "
                               f"{dup!r} names two groups")
+    unions = _unions(doc, masks)
     layers = {}
     for name, e in doc["layers"].items():
         entry = {"kind": e["kind"], "weight": e["weight"], "out_size": e["out_size"],
@@ -254,7 +258,33 @@ def _plan_from_dict(doc: Any) -> PruningPlan:
         solver=s["name"], seed=s["seed"], wall_time=s["wall_time"], stop_reason=s.get("stop_reason"),
         solver_details={"backend": s.get("backend"), "backend_version": s.get("backend_version"),
                         **s.get("details", {})},
-        layers=layers, latency_model=doc.get("latency_model"), graph=None)
+        layers=layers, latency_model=doc.get("latency_model"), coupling=doc.get("coupling", "shared"),
+        unions=unions, graph=None)
+
+
+def _unions(doc: dict, masks: list[np.ndarray]) -> dict[int, tuple[int, ...]]:
+    """``groups[].union_of`` checked: indices of other groups of the same size whose OR is
+    exactly this group's kept channels, and only in a ``coupling: "union"`` plan."""
+    unions = {}
+    for i, g in enumerate(doc["groups"]):
+        if "union_of" not in g:
+            continue
+        where = f"groups[{i}].union_of"
+        if doc.get("coupling") != "union":
+            raise PlanFormatError(f"invalid plan: {where}: only a plan with coupling 'union' has unions")
+        inputs = tuple(int(j) for j in g["union_of"])
+        for j in inputs:
+            if not 0 <= j < len(masks) or j == i:
+                raise PlanFormatError(f"invalid plan: {where}: {j} is not another group's index")
+            if len(masks[j]) != len(masks[i]):
+                raise PlanFormatError(f"invalid plan: {where}: group {j} has {len(masks[j])} channels, "
+                                      f"this group {len(masks[i])}")
+        unions[i] = inputs
+    for i, inputs in unions.items():
+        if not np.array_equal(masks[i], np.logical_or.reduce([masks[j] for j in inputs])):
+            raise PlanFormatError(f"invalid plan: groups[{i}].kept: must be the union of the kept channels "
+                                  f"of groups {list(inputs)}")
+    return unions
 
 
 MAX_PLAN_BYTES = 1 << 28  # 256 MiB: ViT-H/14's plan (164k channels) is 3.1 MiB

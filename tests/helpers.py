@@ -29,7 +29,8 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def random_masks(graph: qp.ChannelGraph, seed: int = 0, keep: float = 0.5) -> list[np.ndarray]:
-    """About ``keep`` of each prunable group, at least one channel; frozen groups whole."""
+    """About ``keep`` of each prunable group, at least one channel; frozen groups whole; the
+    sums of a union-coupled graph keep the OR of their operands."""
     rng = np.random.default_rng(seed)
     masks = []
     for g in graph.groups:
@@ -39,6 +40,8 @@ def random_masks(graph: qp.ChannelGraph, seed: int = 0, keep: float = 0.5) -> li
         m = rng.random(g.size) < keep
         m[rng.integers(g.size)] = True
         masks.append(m)
+    if any(g.union_of for g in graph.groups):
+        masks = qp.validate_masks(graph, {g.id: m for g, m in zip(graph.groups, masks) if not g.union_of})
     return masks
 
 
