@@ -124,3 +124,57 @@ def random_nets(draw: st.DrawFn, max_ops: int = 14) -> tuple[RandomNet, tuple[to
     net = RandomNet(spec, in_channels, heads)
     inputs = tuple(torch.randn(2, c, 5, 5) for c in in_channels)
     return net, inputs
+
+
+class RandomResNet(nn.Module):
+    """A residual stream through random blocks: one- or two-conv branches with or without a
+    norm, projection skips, three-way adds, a norm on the stream, a concatenated stream."""
+
+    def __init__(self, blocks: list[tuple], width: int, cat_stem: bool) -> None:
+        super().__init__()
+        self.blocks, self.cat_stem = blocks, cat_stem
+        self.stem = nn.Conv2d(3, width if not cat_stem else 2, 3, padding=1)
+        self.stem2 = nn.Conv2d(3, width - 2, 1) if cat_stem else None
+        self.layers = nn.ModuleList()
+        c = width
+        for kind, out, mid in blocks:
+            m = nn.ModuleDict()
+            if kind == "one":
+                m["branch"] = nn.Conv2d(c, out, 3, padding=1)
+            else:
+                m["branch"] = nn.Sequential(nn.Conv2d(c, mid, 1), nn.BatchNorm2d(mid), nn.ReLU(),
+                                            nn.Conv2d(mid, out, 3, padding=1), nn.BatchNorm2d(out))
+            if out != c or kind == "projection":
+                m["skip"] = nn.Conv2d(c, out, 1)
+            if kind == "three":
+                m["third"] = nn.Conv2d(c, out, 1)
+            if kind == "norm":
+                m["norm"] = nn.BatchNorm2d(out)
+            self.layers.append(m)
+            c = out
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x) if not self.cat_stem else torch.cat([self.stem(x), self.stem2(x)], dim=1)
+        for (kind, _, _), m in zip(self.blocks, self.layers):
+            skip = m["skip"](s) if "skip" in m else s
+            y = skip + m["branch"](s)
+            if "third" in m:
+                y = y + m["third"](s)
+            if "norm" in m:
+                y = m["norm"](y)
+            s = F.relu(y)
+        return self.head(F.adaptive_avg_pool2d(s, 1).flatten(1))
+
+
+@st.composite
+def random_residual_nets(draw: st.DrawFn) -> tuple[RandomResNet, tuple[torch.Tensor]]:
+    width = draw(st.integers(3, 8))
+    blocks, c = [], width
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["one", "two", "two", "projection", "three", "norm"]))
+        out = c if draw(st.integers(0, 3)) else draw(st.integers(2, 8))
+        blocks.append((kind, out, draw(st.integers(1, 6))))
+        c = out
+    net = RandomResNet(blocks, width, draw(st.booleans()))
+    return net, (torch.randn(2, 3, 5, 5),)

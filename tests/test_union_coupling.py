@@ -8,10 +8,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import qcqp_prune as qp
 from helpers import check_slim_matches_mask, counted_flops, random_masks, randomize
 from qcqp_prune import zoo
+from strategies import random_nets, random_residual_nets
 
 
 class CatResidual(nn.Module):
@@ -146,3 +149,28 @@ def test_bad_coupling_and_latency_with_union_raise():
         qp.plan_channels(model, x, qp.Budget(flops=0.5), graph=graph, coupling="shared")
     with pytest.raises(ValueError, match="latency budgets need coupling='shared'"):
         qp.plan_channels(model, x, qp.Budget(latency=0.5), coupling="union", latency_model=object())
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_nets(), st.integers(0, 3))
+def test_random_architectures_with_union_coupling_slim_equals_mask(case, seed):
+    """Random DAGs (adds of branches, concatenations, gates, layer scales, channels-last MLPs):
+    union-coupled random masks slim and mask alike, with counted == modeled costs."""
+    net, inputs = case
+    randomize(net, 1)
+    graph = qp.trace(net, inputs, coupling="union")
+    check_slim_matches_mask(net, inputs, graph=graph, masks=random_masks(graph, seed))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_residual_nets(), st.integers(0, 3))
+def test_random_residual_nets_with_union_coupling_slim_equals_mask(case, seed):
+    """Random residual streams, where every add has prunable operands: union coupling gives
+    each sum a prunable group, and slim == mask with counted == modeled costs."""
+    net, inputs = case
+    randomize(net, 1)
+    graph = qp.trace(net, inputs, coupling="union")
+    assert any(g.union_of and not g.frozen for g in graph.groups) and not graph.shared_adds
+    check_slim_matches_mask(net, inputs, graph=graph, masks=random_masks(graph, seed))
