@@ -8,11 +8,22 @@
 3. Swap: within a group (costs unchanged) trade the weakest kept channel for the strongest
    removed one while that helps; across groups, drop a block from one group and refill,
    keeping the move if the objective rose.
+
+With union coupling (:class:`UnionGreedyState`) moves toggle channels of *free* groups only;
+derived groups follow. A cover count per derived channel (how many of its sources keep it)
+makes each move's cascade exact: removing channel ``j`` of a source kills the derived
+channels ``j`` it alone covered, adding it revives those nobody covered. The candidates of a
+free group are split by *cascade pattern* (which derived groups a channel's move changes),
+so dropping a branch channel whose stream channel stays alive (saving the branch's cost
+only) competes with dropping the last source of a stream channel (saving its consumers' cost
+too). Objective and cost changes of these multi-group moves are computed exactly; swaps
+within a group pair channels of the same pattern, which keeps every count, hence every cost.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -261,13 +272,306 @@ class GreedyState:
                 return
 
 
-def greedy_masks(problem: ChannelProblem, time_limit: float = 10.0, red: Reduced | None = None) -> list[np.ndarray]:
-    """Greedy drop / fill / swap; returns masks that meet every budget."""
+Step = tuple[int, np.ndarray, bool]  # (group, channels, keep): toggle these channels of the group
+
+
+@dataclass
+class Move:
+    """Channel toggles applied together, in order (a free group's, then the derived groups'
+    that follow), with their net effect: per changed group its count change, the part of the
+    cost change that does not depend on the counts, and the exact objective change."""
+
+    steps: list[Step]
+    groups: np.ndarray
+    delta: np.ndarray
+    quad: np.ndarray
+    gain: float
+
+
+class UnionGreedyState(GreedyState):
+    """Greedy over the free groups of a problem with union coupling; derived masks stay the
+    OR of their inputs after every move (see the module docstring)."""
+
+    def __init__(self, problem: ChannelProblem, red: Reduced | None = None) -> None:
+        super().__init__(problem, red)
+        free = problem.free
+        derived = [v for v in problem.union_order if not problem.frozen[v]]
+        self.dep = {s: [v for v in derived if s in problem.sources(v)] for s in free}
+        self.cover = {v: np.full(problem.sizes[v], len(problem.sources(v)), dtype=np.int64) for v in derived}
+        self.affected = {s: self._affected(s, free) for s in free}
+        self.streams = self._streams(derived)
+
+    def _streams(self, derived: list[int]) -> list[tuple[list[int], list[int]]]:
+        """``(free sources, derived groups)`` of each set of groups linked by unions (a
+        residual stage's stream: same size, one channel index space)."""
+        streams: list[tuple[set[int], set[int]]] = []
+        for v in derived:
+            src, der = set(self.p.sources(v)), {v}
+            for other in [x for x in streams if x[0] & src]:
+                streams.remove(other)
+                src, der = src | other[0], der | other[1]
+            streams.append((src, der))
+        return [(sorted(s), sorted(d)) for s, d in streams]
+
+    def _affected(self, s: int, free: list[int]) -> list[int]:
+        """Free groups whose candidate moves can change when ``s`` moves: those whose own or
+        derived groups' masks, covers or contributions it can touch."""
+        changed = set().union(*(self.neighbors[m] for m in [s, *self.dep[s]]))
+        return [t for t in free if changed & {t, *self.dep[t]}]
+
+    # ------------------------------------------------------------------ moves
+    def exact_gain(self, d: dict[int, tuple[np.ndarray, np.ndarray]]) -> float:
+        """Exact objective change of toggling, at once, channels ``idx`` of each group ``g``
+        in ``d[g] = (idx, signs)`` (+1 adds a removed channel, -1 removes a kept one): the
+        contributions plus the interaction of every changed pair (a quadratic's second order
+        term is exact)."""
+        total = 0.0
+        for g, (idx, sg) in d.items():
+            total += float(sg @ self.contrib[g][idx])
+            for pr in self.pairs_of[g]:
+                if pr.g == g and pr.h in d:
+                    idx_h, sg_h = d[pr.h]
+                    total += float(sg @ pr.W[np.ix_(idx, idx_h)] @ sg_h)
+        return total
+
+    def _patterns(self, s: int, keep: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Channels of free group ``s`` a move could toggle (removed ones when ``keep``, kept
+        ones otherwise), split by cascade pattern: ``(channels, value, hit)`` per pattern, with
+        ``value`` the importance at stake per channel (its own and its cascade's contribution)
+        and ``hit[i, c]`` whether derived group ``dep[s][i]`` changes with channel ``c``."""
+        chans = np.flatnonzero(self.masks[s] != keep)
+        if len(chans) == 0:
+            return []
+        dep = self.dep[s]
+        value = self.contrib[s][chans].copy()
+        hit = np.zeros((len(dep), len(chans)), dtype=bool)
+        for i, v in enumerate(dep):
+            hit[i] = self.cover[v][chans] == (0 if keep else 1)
+            value += np.where(hit[i], self.contrib[v][chans], 0.0)
+        if not dep:
+            return [(chans, value, hit)]
+        _, inv = np.unique(np.packbits(hit, axis=0), axis=1, return_inverse=True)
+        inv = inv.reshape(-1)
+        return [(chans[inv == u], value[inv == u], hit[:, inv == u]) for u in range(int(inv.max()) + 1)]
+
+    def _steps(self, s: int, idx: np.ndarray, hit: np.ndarray, keep: bool) -> list[Step]:
+        """Toggle channels ``idx`` of free group ``s`` and, per ``hit`` row, the derived
+        channels that follow."""
+        return [(s, idx, keep)] + [(v, idx[h], keep) for v, h in zip(self.dep[s], hit) if h.any()]
+
+    def _make(self, steps: list[Step]) -> Move:
+        """The move of ``steps`` with its exact net count, cost and objective effects."""
+        d: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for g, idx, keep in steps:
+            sg = np.full(len(idx), 1.0 if keep else -1.0)
+            d[g] = (np.concatenate([d[g][0], idx]), np.concatenate([d[g][1], sg])) if g in d else (idx, sg)
+        groups = np.array(list(d))
+        delta = np.array([sg.sum() for _, sg in d.values()])
+        quad = 0.5 * np.einsum("rab,a,b->r", self.Cm[:, groups[:, None], groups[None, :]], delta, delta) \
+            + self.Sq[:, groups] @ delta ** 2
+        return Move(steps, groups, delta, quad, self.exact_gain(d))
+
+    def _blocks(self, s: int, keep: bool) -> list[Move]:
+        """Moves of free group ``s`` to its next allowed count: per cascade pattern with
+        enough channels, its weakest (drop) or strongest (fill) block; the best block over
+        all patterns when no single pattern has enough channels."""
+        new = self.step_up(s) if keep else self.step_down(s)
+        if new is None:
+            return []
+        k = abs(new - int(self.n[s]))
+        pats = self._patterns(s, keep)
+        blocks = [p for p in pats if len(p[0]) >= k] or [tuple(np.concatenate(x, axis=-1) for x in zip(*pats))]
+        moves = []
+        for chans, value, hit in blocks:
+            pick = np.argpartition(-value if keep else value, k - 1)[:k] if k < len(chans) else np.arange(len(chans))
+            moves.append(self._make(self._steps(s, chans[pick], hit[:, pick], keep)))
+        return moves
+
+    def _swaps(self, s: int, admit) -> list[Move]:
+        """Swaps in free group ``s`` (its count stays): per pair of a kept channel's pattern
+        ``K`` (derived groups its removal kills) and a removed channel's pattern ``R`` (those
+        its addition revives) with ``admit(K, R)``, the weakest kept channel for the strongest
+        removed one."""
+        moves = []
+        gone = self._patterns(s, keep=True)
+        for c, v, h in self._patterns(s, keep=False):
+            for cb, vb, hb in gone:
+                if admit(h[:, 0], hb[:, 0]):
+                    a, b = int(np.argmin(v)), int(np.argmax(vb))
+                    moves.append(self._make(self._steps(s, c[a:a + 1], h[:, a:a + 1], False)
+                                            + self._steps(s, cb[b:b + 1], hb[:, b:b + 1], True)))
+        return moves
+
+    def _candidates(self, s: int, keep: bool) -> list[Move]:
+        """Fill: the group's blocks. Drop: its blocks, and the swaps that align it with the
+        other sources of a derived group (the removed channel kills strictly more derived
+        channels than the added one revives), which lower counts without dropping a channel
+        of ``s``: at the smallest counts they are the only way left to save cost."""
+        if keep:
+            return self._blocks(s, True)
+        return self._blocks(s, False) + self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R)))
+
+    def moves(self, keep: bool) -> list[Move]:
+        """Every free group's candidate moves (cached until a move affects the group)."""
+        cache = self._up if keep else self._down
+        out = []
+        for s in self.p.free:
+            if s not in cache:
+                cache[s] = self._candidates(s, keep)
+            out += cache[s]
+        return out
+
+    def cost_change(self, moves: list[Move]) -> np.ndarray:
+        """``(R, C)``: exact change of cost ``r`` if move ``c`` alone were applied,
+        ``delta . (Cm n + 2 Sq n + Li) + delta^T Cm delta / 2 + Sq . delta^2``."""
+        n = self.n.astype(np.float64)
+        grad = np.einsum("rgh,h->rg", self.Cm, n) + 2.0 * self.Sq * n + self.Li
+        groups = np.concatenate([m.groups for m in moves])
+        delta = np.concatenate([m.delta for m in moves])
+        rows = np.repeat(np.arange(len(moves)), [len(m.groups) for m in moves])
+        lin = np.array([np.bincount(rows, grad[r, groups] * delta, len(moves)) for r in range(len(self.cons))])
+        return lin.reshape(len(self.cons), len(moves)) + np.array([m.quad for m in moves]).T
+
+    def apply(self, move: Move) -> None:
+        """Toggle the move's channels (one step after the other, which is exact), update the
+        covers and forget the candidates the move may have changed."""
+        for g, idx, keep in move.steps:
+            self.toggle(g, idx, keep)
+            if g in self.dep:
+                for v in self.dep[g]:
+                    self.cover[v][idx] += 1 if keep else -1
+                for t in self.affected[g]:
+                    self._down.pop(t, None)
+                    self._up.pop(t, None)
+
+    def nest(self) -> bool:
+        """Re-choose every stream's source masks as the top channels of one ranking (by the
+        importance at stake over the stream's groups), counts unchanged: then each derived
+        count is the largest of its sources', the least possible. Drop's way out when single
+        moves cannot lower a derived count (e.g. two sources keep different channels at their
+        smallest counts). Returns whether any count fell."""
+        masks = [m.copy() for m in self.masks]
+        for src, der in self.streams:
+            rank = np.argsort(-sum(self.contrib[g] for g in src + der), kind="stable")
+            for s in src:
+                masks[s][:] = False
+                masks[s][rank[:self.n[s]]] = True
+        before = self.n.copy()
+        self.rebuild(masks)
+        return bool(np.any(self.n < before))
+
+    def _enabling_drop(self, moves: list[Move], weight: np.ndarray) -> bool:
+        """Apply the cheapest drop block of a source of a derived group whose count costs
+        (under the resource ``weight``), though it saves nothing yet: the first of the drops
+        that kill a stream channel in every source. Drop's last way out; returns whether one
+        was applied."""
+        n = self.n.astype(np.float64)
+        marginal = weight @ (np.einsum("rgh,h->rg", self.Cm, n) + 2.0 * self.Sq * n + self.Li)
+        blocks = [m for m in moves if not any(keep for _, _, keep in m.steps)
+                  and any(marginal[v] > 0 for v in self.dep[m.steps[0][0]])]
+        if not blocks:
+            return False
+        self.apply(min(blocks, key=lambda m: -m.gain))
+        return True
+
+    def rebuild(self, masks: list[np.ndarray]) -> None:
+        """Recompute the whole state for ``masks`` (derived masks follow from the free ones)."""
+        self.masks = self.p.complete(masks)
+        self.n = self.p.counts(self.masks)
+        self.cost = np.array([c.cost.evaluate(self.n) for c in self.cons], dtype=np.float64)
+        self.contrib = {g: self._contrib(g) for g in self.p.prunable}
+        self.cover = {v: sum(self.masks[s].astype(np.int64) for s in self.p.sources(v)) for v in self.cover}
+        self.obj = self.red.objective(self.masks)
+        self._down.clear()
+        self._up.clear()
+
+    # ------------------------------------------------------------------ phases
+    def drop(self) -> None:
+        scale = np.maximum(self.budget, 1e-300)
+        while not self.feasible():
+            over = np.maximum(self.cost - self.budget, 0.0) / scale
+            moves = self.moves(keep=False)
+            weighted = (over[:, None] * -self.cost_change(moves) / scale[:, None]).sum(axis=0) if moves else []
+            ok = np.asarray(weighted) > 0
+            if not ok.any():
+                if self.nest() or self._enabling_drop(moves, over / scale):
+                    continue
+                raise RuntimeError("greedy: no channel left to remove but a budget still fails")
+            lost = np.array([-m.gain for m in moves])
+            score = np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)
+            self.apply(moves[int(np.argmin(score))])
+
+    def fill(self, deadline: float = np.inf) -> None:
+        scale = np.maximum(self.budget, 1e-300)
+        limit = self.budget * (1 + 1e-12) + 1e-9
+        while time.perf_counter() < deadline:
+            moves = self.moves(keep=True)
+            if not moves:
+                return
+            extra = self.cost_change(moves)
+            gain = np.array([m.gain for m in moves])
+            ok = np.all(self.cost[:, None] + extra <= limit[:, None], axis=0) & (gain > 0)
+            if not ok.any():
+                return
+            used = (extra / scale[:, None]).sum(axis=0)
+            score = np.where(used > 0, gain / np.where(used > 0, used, 1.0), np.inf)
+            self.apply(moves[int(np.argmax(np.where(ok, score, -np.inf)))])
+
+    def swap_within(self, max_rounds: int = 10000) -> None:
+        """Per free group, apply the best cost-neutral swap (equal patterns: every count
+        stays) while one raises the objective."""
+        for s in self.p.free:
+            for _ in range(max_rounds):
+                swaps = self._swaps(s, np.array_equal)
+                best = max(swaps, key=lambda m: m.gain, default=None)
+                if best is None or best.gain <= 1e-12 * max(1.0, abs(self.obj)):
+                    break
+                self.apply(best)
+
+    def snapshot(self):
+        return super().snapshot(), {v: c.copy() for v, c in self.cover.items()}
+
+    def restore(self, snap) -> None:
+        base, cover = snap
+        super().restore(base)
+        self.cover = cover
+
+    def swap_across(self, deadline: float, max_passes: int = 3) -> None:
+        """Per free group, try its drop blocks one by one followed by a fill; keep the first
+        that raises the objective."""
+        best_obj = self.obj
+        for _ in range(max_passes):
+            improved = False
+            for s in self.p.free:
+                for move in self._blocks(s, keep=False):
+                    if time.perf_counter() > deadline:
+                        return
+                    snap = self.snapshot()
+                    self.apply(move)
+                    self.fill(deadline)
+                    if self.obj > best_obj * (1 + 1e-12) + 1e-15:
+                        best_obj, improved = self.obj, True
+                        break
+                    self.restore(snap)
+            if not improved:
+                return
+
+
+def greedy_state(problem: ChannelProblem, time_limit: float = 10.0, red: Reduced | None = None) -> GreedyState:
+    """Run drop / fill / swap and return the final state (masks, counts, costs, objective);
+    union-aware when the problem has derived groups left to decide."""
     deadline = time.perf_counter() + max(time_limit, 0.0)
-    st = GreedyState(problem, red)
+    unions = any(not problem.frozen[v] for v in problem.union_order)
+    st = UnionGreedyState(problem, red) if unions else GreedyState(problem, red)
     st.drop()
     st.fill()
     st.swap_within()
     st.swap_across(deadline)
     st.swap_within()
-    return st.masks
+    return st
+
+
+def greedy_masks(problem: ChannelProblem, time_limit: float = 10.0, red: Reduced | None = None) -> list[np.ndarray]:
+    """Greedy drop / fill / swap; returns masks that meet every budget (complete: derived
+    groups are the OR of their inputs)."""
+    return greedy_state(problem, time_limit, red).masks
