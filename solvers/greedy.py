@@ -272,6 +272,18 @@ class GreedyState:
                 return
 
 
+def _column_codes(hit: np.ndarray) -> np.ndarray:
+    """One integer per column of a boolean matrix, equal exactly when the columns are: the
+    column's bits, 32 rows at a time below the number of the rows above."""
+    codes = np.zeros(hit.shape[1], dtype=np.int64)
+    for top in range(0, len(hit), 32):
+        if top:
+            codes = np.unique(codes, return_inverse=True)[1].astype(np.int64) << 32
+        block = hit[top:top + 32].astype(np.int64)
+        codes |= (block << np.arange(len(block), dtype=np.int64)[:, None]).sum(axis=0)
+    return codes
+
+
 Step = tuple[int, np.ndarray, bool]  # (group, channels, keep): toggle these channels of the group
 
 
@@ -298,8 +310,26 @@ class UnionGreedyState(GreedyState):
         derived = [v for v in problem.union_order if not problem.frozen[v]]
         self.dep = {s: [v for v in derived if s in problem.sources(v)] for s in free}
         self.cover = {v: np.full(problem.sizes[v], len(problem.sources(v)), dtype=np.int64) for v in derived}
-        self.affected = {s: self._affected(s, free) for s in free}
+        self.touches = {g: self._touches(g, free) for g in problem.prunable}
+        self.source_list = {v: sorted(problem.sources(v)) for v in derived}
         self.streams = self._streams(derived)
+
+    def _streams(self, derived: list[int]) -> list[tuple[list[int], list[int]]]:
+        """``(free sources, derived groups)`` of each set of groups linked by unions (a
+        residual stage's stream: same size, one channel index space)."""
+        streams: list[tuple[set[int], set[int]]] = []
+        for v in derived:
+            src, der = set(self.p.sources(v)), {v}
+            for other in [x for x in streams if x[0] & src]:
+                streams.remove(other)
+                src, der = src | other[0], der | other[1]
+            streams.append((src, der))
+        return [(sorted(s), sorted(d)) for s, d in streams]
+
+    def _touches(self, g: int, free: list[int]) -> list[int]:
+        """Free groups whose candidate moves can change when ``g``'s mask changes: those
+        whose own or derived groups' contributions it changes."""
+        return [t for t in free if self.neighbors[g] & {t, *self.dep[t]}]
 
     def _streams(self, derived: list[int]) -> list[tuple[list[int], list[int]]]:
         """``(free sources, derived groups)`` of each set of groups linked by unions (a
@@ -350,8 +380,7 @@ class UnionGreedyState(GreedyState):
             value += np.where(hit[i], self.contrib[v][chans], 0.0)
         if not dep:
             return [(chans, value, hit)]
-        _, inv = np.unique(np.packbits(hit, axis=0), axis=1, return_inverse=True)
-        inv = inv.reshape(-1)
+        _, inv = np.unique(_column_codes(hit), return_inverse=True)
         return [(chans[inv == u], value[inv == u], hit[:, inv == u]) for u in range(int(inv.max()) + 1)]
 
     def _steps(self, s: int, idx: np.ndarray, hit: np.ndarray, keep: bool) -> list[Step]:
@@ -402,24 +431,24 @@ class UnionGreedyState(GreedyState):
                                             + self._steps(s, cb[b:b + 1], hb[:, b:b + 1], True)))
         return moves
 
-    def _candidates(self, s: int, keep: bool) -> list[Move]:
-        """Fill: the group's blocks. Drop: its blocks, and the swaps that align it with the
-        other sources of a derived group (the removed channel kills strictly more derived
-        channels than the added one revives), which lower counts without dropping a channel
-        of ``s``: at the smallest counts they are the only way left to save cost."""
-        if keep:
-            return self._blocks(s, True)
-        return self._blocks(s, False) + self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R)))
-
     def moves(self, keep: bool) -> list[Move]:
-        """Every free group's candidate moves (cached until a move affects the group)."""
+        """Every free group's drop (fill when ``keep``) blocks, cached until a move affects
+        the group."""
         cache = self._up if keep else self._down
         out = []
         for s in self.p.free:
             if s not in cache:
-                cache[s] = self._candidates(s, keep)
+                cache[s] = self._blocks(s, keep)
             out += cache[s]
         return out
+
+    def aligning_swaps(self) -> list[Move]:
+        """Swaps that align a free group with the other sources of a derived group (the
+        removed channel kills strictly more derived channels than the added one revives):
+        they lower counts without dropping a channel of the group, drop's first way out
+        when no block saves cost (e.g. sources at their smallest counts keeping different
+        channels)."""
+        return [m for s in self.p.free for m in self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R)))]
 
     def cost_change(self, moves: list[Move]) -> np.ndarray:
         """``(R, C)``: exact change of cost ``r`` if move ``c`` alone were applied,
@@ -437,12 +466,14 @@ class UnionGreedyState(GreedyState):
         covers and forget the candidates the move may have changed."""
         for g, idx, keep in move.steps:
             self.toggle(g, idx, keep)
-            if g in self.dep:
-                for v in self.dep[g]:
-                    self.cover[v][idx] += 1 if keep else -1
-                for t in self.affected[g]:
-                    self._down.pop(t, None)
-                    self._up.pop(t, None)
+            stale = list(self.touches[g])
+            for v in self.dep.get(g, ()):
+                self.cover[v][idx] += 1 if keep else -1
+                if np.any(self.cover[v][idx] <= (2 if keep else 1)):
+                    stale += self.source_list[v]  # a source's cascade pattern changed
+            for t in stale:
+                self._down.pop(t, None)
+                self._up.pop(t, None)
 
     def nest(self) -> bool:
         """Re-choose every stream's source masks as the top channels of one ranking (by the
@@ -491,15 +522,22 @@ class UnionGreedyState(GreedyState):
         while not self.feasible():
             over = np.maximum(self.cost - self.budget, 0.0) / scale
             moves = self.moves(keep=False)
-            weighted = (over[:, None] * -self.cost_change(moves) / scale[:, None]).sum(axis=0) if moves else []
-            ok = np.asarray(weighted) > 0
-            if not ok.any():
-                if self.nest() or self._enabling_drop(moves, over / scale):
-                    continue
+            move = self._best_drop(moves, over, scale) or self._best_drop(self.aligning_swaps(), over, scale)
+            if move is not None:
+                self.apply(move)
+            elif not (self.nest() or self._enabling_drop(moves, over / scale)):
                 raise RuntimeError("greedy: no channel left to remove but a budget still fails")
-            lost = np.array([-m.gain for m in moves])
-            score = np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)
-            self.apply(moves[int(np.argmin(score))])
+
+    def _best_drop(self, moves: list[Move], over: np.ndarray, scale: np.ndarray) -> Move | None:
+        """The move losing the least importance per weighted cost saved (None when none saves)."""
+        if not moves:
+            return None
+        weighted = (over[:, None] * -self.cost_change(moves) / scale[:, None]).sum(axis=0)
+        ok = weighted > 0
+        if not ok.any():
+            return None
+        lost = np.array([-m.gain for m in moves])
+        return moves[int(np.argmin(np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)))]
 
     def fill(self, deadline: float = np.inf) -> None:
         scale = np.maximum(self.budget, 1e-300)
