@@ -18,6 +18,9 @@ so dropping a branch channel whose stream channel stays alive (saving the branch
 only) competes with dropping the last source of a stream channel (saving its consumers' cost
 too). Objective and cost changes of these multi-group moves are computed exactly; swaps
 within a group pair channels of the same pattern, which keeps every count, hence every cost.
+When no drop block saves cost (sources keeping different channels at their smallest
+counts), drop tries swaps that align a source with the others, then re-nests every stream's
+sources on one channel ranking, then a drop that only prepares killing a stream channel.
 """
 
 from __future__ import annotations
