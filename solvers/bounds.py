@@ -16,6 +16,17 @@ tied to the groups' masks by per-channel multipliers ``mu`` that shift importanc
 term's copy and the group's own linear term. For every ``mu`` the count bound of the shifted
 problem is a valid bound on the original; subgradient steps on ``mu`` (Polyak steps towards
 the best known plan) lower it. The reported bound is the smallest one seen.
+
+Unions. A derived group (the OR of its inputs, ``problem.unions``) is one more count
+variable, so terms and costs on it need nothing new; leaving the OR rule out would only
+loosen the bound. Two things put it back without losing validity. Its count relation
+``max_i N_i <= N_v <= min(size, sum_i N_i)`` is a hard table over the buckets of ``v`` and
+its inputs (a bucket combination is allowed when some counts in it satisfy the relation; with
+pairwise tables ``N_v >= N_i`` only when the joint table would make the elimination too
+large). And the channel-wise rule is dualized in the decomposition: multipliers
+``nu_i >= 0`` on ``v - u_i >= 0`` and ``rho >= 0`` on ``sum_i u_i - v >= 0`` add
+``nu . (v - u_i) + rho . (sum_i u_i - v)``, which is ``>= 0`` at every feasible plan, to the
+groups' own linear terms; projected subgradient steps move them with ``mu``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from .elimination import Factor, elimination_order, max_sum
+from .linearize import union_rows
 from .problem import ChannelProblem
 from .reduced import Reduced
 
@@ -209,13 +221,61 @@ class CountBound:
         edges = {(min(t.g, t.h), max(t.g, t.h)) for t in self.terms if t.g != t.h}
         for c in problem.constraints:  # cost terms between two prunable groups
             edges |= {(g, h) for g, h in c.cost.bilinear if g != h and not (problem.frozen[g] or problem.frozen[h])}
-        self.edges = edges
+        self.unions = union_rows(problem)
+        self.nu = {(v, u): np.zeros(problem.sizes[v]) for v, inputs in self.unions for u in inputs}
+        self.rho = {v: np.zeros(problem.sizes[v]) for v, _ in self.unions}
+        self.joint = True  # one table per union over the derived group and all its inputs
+        self.base_edges = edges
         self._rebuild()
+        if self.unions and not self.tractable:  # pairwise count relations keep the graph sparser
+            self.joint = False
+            self._rebuild()
 
     def _rebuild(self) -> None:
+        self.edges = self.base_edges | self._union_edges()
         self.costs = [self._cost_factors(r) for r in range(len(self.problem.constraints))]
+        self.union_factors = [f for v, inputs in self.unions for f in self._union_factors(v, inputs)]
         self.sizes = {g: len(self.buckets[g]) for g in self.vars}
         self.order, self.largest = elimination_order(self.vars, self.edges, self.sizes)
+
+    def _union_edges(self) -> set[tuple[int, int]]:
+        """Edges of the union tables: a clique over each union (joint), else derived-input."""
+        edges = set()
+        for v, inputs in self.unions:
+            scope = (v, *inputs)
+            pairs = ([(a, b) for i, a in enumerate(scope) for b in scope[i + 1:]] if self.joint
+                     else [(v, u) for u in inputs])
+            edges |= {(min(a, b), max(a, b)) for a, b in pairs}
+        return edges
+
+    def _union_factors(self, v: int, inputs: tuple[int, ...]) -> list[Factor]:
+        """Hard tables (0 allowed, -inf not) of ``max_i N_i <= N_v <= min(size, sum_i N_i)``
+        over bucket intervals: a combination is allowed when some counts in the intervals
+        satisfy it (a superset of the true combinations, so the bound stays valid).
+
+        The smallest candidate ``n = max(lo_v, lo_i)`` decides: with ``N_i = min(hi_i, n)``,
+        ``sum_i min(hi_i, n) - n`` is concave and ``>= 0`` at 0, so it is ``>= 0`` on an
+        interval starting at 0 and ``n`` is feasible when any larger count is."""
+        if not self.joint:
+            out = []
+            for u in inputs:
+                ok = self.buckets[v].hi[:, None] >= self.buckets[u].lo[None, :]
+                out.append(Factor((v, u), np.where(ok, 0.0, -np.inf)))
+            return out
+        k = len(inputs) + 1
+
+        def axis(i: int, values: np.ndarray) -> np.ndarray:
+            shape = [1] * k
+            shape[i] = len(values)
+            return values.reshape(shape)
+
+        lo = [axis(i, self.buckets[g].lo) for i, g in enumerate((v, *inputs))]
+        hi = [axis(i, self.buckets[g].hi) for i, g in enumerate((v, *inputs))]
+        n = lo[0]
+        for b in lo[1:]:
+            n = np.maximum(n, b)
+        ok = (n <= hi[0]) & (sum(np.minimum(h, n) for h in hi[1:]) >= n)
+        return [Factor((v, *inputs), np.where(ok, 0.0, -np.inf))]
 
     @property
     def tractable(self) -> bool:
@@ -288,12 +348,17 @@ class CountBound:
                 factors.append(Factor((a, b), tab if t.g < t.h else tab.T))
             else:
                 factors.append(Factor((t.g,), t.table(self.buckets[t.g], self.buckets[t.g])))
+        for v, inputs in self.unions:  # nu . (v - u_i) + rho . (sum_i u_i - v) >= 0 when feasible
+            shift[v] -= self.rho[v]
+            for u in inputs:
+                shift[v] += self.nu[(v, u)]
+                shift[u] += self.rho[v] - self.nu[(v, u)]
         self._node_scores = {}
         for g in self.vars:
             score = self.linear.get(g, 0.0) + shift[g]
             self._node_scores[g] = score
             factors.append(Factor((g,), self.buckets[g].best(_top_prefix(score))))
-        return factors
+        return factors + self.union_factors
 
     def _relaxed(self, objective: list[Factor], lam: np.ndarray) -> tuple[float, dict[int, int], np.ndarray]:
         """Value of the budget-relaxed count problem at ``lam``, its labels, and each budget's
@@ -386,23 +451,27 @@ class CountBound:
                 continue  # re-solve with the chosen buckets split before moving the multipliers
             gap = (best - lower) / max(abs(best), 1e-300)
             if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
-                    or time.perf_counter() - t0 > time_limit or theta < 1e-5 or not self.terms):
+                    or time.perf_counter() - t0 > time_limit or theta < 1e-5 or not (self.terms or self.unions)):
                 break
-            sub, norm = self._subgradient(labels)
-            if norm == 0:
+            own = self._own_masks(labels)
+            sub, norm = self._subgradient(own, labels)
+            union_sub, union_norm = self._union_subgradient(own)
+            if norm + union_norm == 0:
                 break  # copies agree with the groups: the decomposition cannot get tighter here
-            step = theta * (value - lower) / norm
+            step = theta * (value - lower) / (norm + union_norm)
             for t, (dg, dh) in zip(self.terms, sub):
                 t.mu_g -= step * dg
                 t.mu_h -= step * dh
+            for key, d in union_sub.items():  # projected: these multipliers stay >= 0
+                table = self.nu if isinstance(key, tuple) else self.rho
+                table[key] = np.maximum(table[key] - step * d, 0.0)
         return float(best), {"count_bound_iterations": it, "interrupted": interrupted,
                              "count_bound_refinements": refinements, "count_bound_time": time.perf_counter() - t0,
                              "count_bound_first": float(history[0][1]) if history else None,
                              "count_bound_largest_table": self.largest}
 
-    def _subgradient(self, labels: dict[int, int]) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
-        """Per term, its copy's masks minus the groups' own masks at the relaxed optimum (the
-        direction that raises the bound fastest in its multipliers), and the squared norm."""
+    def _own_masks(self, labels: dict[int, int]) -> dict[int, np.ndarray]:
+        """The groups' own masks at the relaxed optimum (best channels of each node table)."""
         own = {}
         for g in self.vars:
             score = self._node_scores[g]
@@ -410,6 +479,12 @@ class CountBound:
             x = np.zeros(len(score), bool)
             x[np.argsort(-score, kind="stable")[:n]] = True
             own[g] = x
+        return own
+
+    def _subgradient(self, own: dict[int, np.ndarray],
+                     labels: dict[int, int]) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+        """Per term, its copy's masks minus the groups' own masks at the relaxed optimum (the
+        direction that raises the bound fastest in its multipliers), and the squared norm."""
         sub, norm = [], 0.0
         for t in self.terms:
             yg, yh = t.choice(self.buckets[t.g], self.buckets[t.h], labels[t.g], labels[t.h])
@@ -417,6 +492,26 @@ class CountBound:
             dh = (yh.astype(float) - own[t.h]) if t.g != t.h else np.zeros_like(t.mu_h)
             sub.append((dg, dh))
             norm += float(dg @ dg + dh @ dh)
+        return sub, norm
+
+    def _union_subgradient(self, own: dict[int, np.ndarray]) -> tuple[dict, float]:
+        """Per union multiplier, the slack of its rule at the own masks (``v - u_i`` for
+        ``nu_i``, ``sum_i u_i - v`` for ``rho``; the bound falls when a multiplier moves
+        against it), with components that the projection onto ``>= 0`` would stop set to 0,
+        and the squared norm."""
+        sub, norm = {}, 0.0
+
+        def add(key, d: np.ndarray, current: np.ndarray) -> None:
+            nonlocal norm
+            d = np.where((current <= 0) & (d > 0), 0.0, d)
+            sub[key] = d
+            norm += float(d @ d)
+
+        for v, inputs in self.unions:
+            xv = own[v].astype(float)
+            for u in inputs:
+                add((v, u), xv - own[u], self.nu[(v, u)])
+            add(v, sum(own[u].astype(float) for u in inputs) - xv, self.rho[v])
         return sub, norm
 
 
