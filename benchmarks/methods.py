@@ -94,6 +94,7 @@ def torch_pruning_global(model: nn.Module, x: torch.Tensor, flops_fraction: floa
 METHODS: dict[str, Callable] = {
     "cpsat": _solver("cpsat"),
     "greedy": _solver("greedy"),
+    "cpsat+union": _solver("cpsat", coupling="union"),
     "uniform-l1": _heuristic("uniform"),
     "bn-threshold": _heuristic("bn"),
 }

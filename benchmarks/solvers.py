@@ -59,6 +59,7 @@ def run_cell(model_name: str, budget_text: str, methods: list[str], time_limit: 
     from methods import METHODS
     model, x = build(model_name)
     graph = qp.trace(model, x)
+    graphs = {"shared": graph}
     channels = sum(g.size for g in graph.prunable_groups)
     out = []
     for meth in methods:
@@ -71,7 +72,11 @@ def run_cell(model_name: str, budget_text: str, methods: list[str], time_limit: 
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            kind, _, lin = meth.partition(":")
+            base, _, coupling = meth.partition("+")  # e.g. "cpsat+union": union coupling at adds
+            kind, _, lin = base.partition(":")
+            if coupling and coupling not in graphs:
+                graphs[coupling] = qp.trace(model, x, coupling=coupling)
+            graph = graphs[coupling or "shared"]
             trace: list[tuple[float, float, float | None]] = []  # (elapsed, objective, bound)
             if kind in ("cpsat", "mip", "greedy"):
                 opts = {"linearization": lin} if lin else {}

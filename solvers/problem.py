@@ -120,8 +120,9 @@ class ChannelProblem:
 
     ``unions`` make some groups *derived* (see :class:`UnionConstraint`); ``min_keep`` and
     ``round_to`` do not apply to them. A derived group with a frozen input is always full and
-    counts as frozen; a derived group given as frozen freezes all its inputs (its stream must
-    stay whole, so every tensor added into it must too).
+    counts as frozen; a derived group given as frozen with no frozen input freezes all its
+    inputs (its stream must stay whole, so every tensor added into it must too). Validating
+    twice (e.g. ``dataclasses.replace``) gives the same frozen groups.
     """
 
     sizes: tuple[int, ...]
@@ -237,8 +238,8 @@ class ChannelProblem:
         for g in derived:
             visit(g, (g,))
         frozen = list(self.frozen)
-        for v in reversed(order):  # a frozen stream freezes everything added into it
-            if frozen[v]:
+        for v in reversed(order):  # a frozen stream freezes everything added into it ...
+            if frozen[v] and not any(frozen[i] for i in derived[v]):  # ... unless one input keeps it full
                 for i in derived[v]:
                     frozen[i] = True
         for v in order:  # a stream with a frozen (always full) input is always full

@@ -49,8 +49,13 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
         "missing_plan": start("inspect", str(tmp_path / "missing.json")),
         "gap_limit": start("plan", *MODEL, "--flops", "0.7", "--gap-limit", "0.05", "--time-limit", "60",
                            "--out", str(tmp_path / "gap.json"), "--quiet"),
+        "union": start("plan", *MODEL, "--flops", "0.4", "--coupling", "union", "--solver", "greedy",
+                       "--out", str(tmp_path / "union.json"), "--quiet"),
     }
     r = {k: finish(p) for k, p in procs.items()}
+    assert r["union"].returncode == 0, r["union"].stderr
+    union_doc = json.loads((tmp_path / "union.json").read_text())
+    assert union_doc["coupling"] == "union" and any("union_of" in g for g in union_doc["groups"])
 
     assert r["plan"].returncode == 0, r["plan"].stderr
     assert r["gap_limit"].returncode == 0, r["gap_limit"].stderr
@@ -86,7 +91,7 @@ def test_plan_apply_inspect_trace_and_errors(tmp_path):
     assert r["other"].returncode == 1 and "another architecture" in one_error_line(r["other"])
     assert not (tmp_path / "other.pt").exists()
     assert saved_model.read_bytes() == before  # the user's model file is never written
-    assert sorted(os.listdir(tmp_path)) == ["gap.json", "mask.pt", "plan.json", "plan.png", "resnet20.pt", "slim.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["gap.json", "mask.pt", "plan.json", "plan.png", "resnet20.pt", "slim.pt", "union.json"]
 
     slim = torch.load(tmp_path / "slim.pt", weights_only=False)
     masked = torch.load(tmp_path / "mask.pt", weights_only=False)

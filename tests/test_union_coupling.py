@@ -3,6 +3,10 @@ stream adapters, counted == modeled FLOPs and parameters, fallbacks, plans and J
 
 from __future__ import annotations
 
+import copy
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 import qcqp_prune as qp
 from helpers import check_slim_matches_mask, counted_flops, random_masks, randomize
 from qcqp_prune import zoo
+from qcqp_prune.plan_io import PlanFormatError
 from strategies import random_nets, random_residual_nets
 
 
@@ -174,3 +179,64 @@ def test_random_residual_nets_with_union_coupling_slim_equals_mask(case, seed):
     graph = qp.trace(net, inputs, coupling="union")
     assert any(g.union_of and not g.frozen for g in graph.groups) and not graph.shared_adds
     check_slim_matches_mask(net, inputs, graph=graph, masks=random_masks(graph, seed))
+
+
+def test_union_plan_meets_its_budget_keeps_more_than_shared_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = randomize(zoo.resnet20(), 0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    budget = qp.Budget(flops=0.4)
+    shared = qp.plan_channels(model, x, budget, solver="greedy")
+    plan = qp.plan_channels(model, x, budget, solver="greedy", coupling="union")
+    assert plan.coupling == "union" and plan.unions
+    assert plan.objective > shared.objective  # computing fewer branch channels than the stream carries pays
+    slim = plan.apply(model)
+    assert counted_flops(slim, (x,)) == round(plan.cost["flops"]) <= plan.limits["flops"]
+    with torch.no_grad():
+        expected = slim(x)
+        torch.testing.assert_close(plan.apply(model, mode="mask")(x), expected, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "union.json"
+    plan.to_json(path, encoding="bitmap")
+    doc = json.loads(path.read_text())
+    assert doc["coupling"] == "union" and doc["format_version"] == "1.1"
+    assert sum("union_of" in g for g in doc["groups"]) == len(plan.unions)
+    loaded = qp.load_plan(path)
+    assert loaded.coupling == "union" and loaded.unions == plan.unions
+    with torch.no_grad():
+        assert torch.equal(loaded.apply(copy.deepcopy(model))(x), expected)  # re-traced with union coupling
+
+    g = next(i for i, e in enumerate(doc["groups"]) if "union_of" in e)
+    bad = copy.deepcopy(doc)
+    bad["groups"][g]["kept"] = [0]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PlanFormatError, match=rf"groups\[{g}\].kept: must be the union"):
+        qp.load_plan(path)
+    bad = copy.deepcopy(doc)
+    del bad["coupling"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PlanFormatError, match="only a plan with coupling 'union' has unions"):
+        qp.load_plan(path)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_residual_nets(), st.floats(0.0, 1.0), st.sampled_from(["greedy", "cpsat"]))
+def test_random_residual_union_plans_meet_their_budget_and_slim_equals_mask(case, where, solver):
+    """Union plans at a random feasible FLOPs budget: the budget holds on the slimmed model
+    (counted FLOPs == modeled), the bound is above the objective, and slim == mask."""
+    net, inputs = case
+    randomize(net, 1)
+    graph = qp.trace(net, inputs, coupling="union")
+    costs = qp.cost_model(graph)
+    full = costs["flops"].evaluate(graph.sizes())
+    smallest = costs["flops"].evaluate(qp.solvers.ChannelProblem(
+        tuple(graph.sizes()), tuple(g.frozen for g in graph.groups),
+        unions=tuple(qp.solvers.UnionConstraint(g.id, g.union_of) for g in graph.groups if g.union_of)).min_counts())
+    limit = smallest + where * (full - smallest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = qp.plan_channels(net, inputs, qp.Budget.absolute(flops=max(limit, 1.0)), solver=solver,
+                                time_limit=0.5, graph=graph)
+    assert plan.cost["flops"] <= plan.limits["flops"] * (1 + 1e-12)
+    assert plan.bound is None or plan.bound >= plan.objective * (1 - 1e-9)
+    check_slim_matches_mask(net, inputs, graph=graph, masks=[np.asarray(m) for m in plan.masks])

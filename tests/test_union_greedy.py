@@ -139,3 +139,17 @@ def test_non_union_greedy_unchanged(seed: int):
     masks = greedy_masks(_chain(seed))
     assert "".join("".join(str(int(v)) for v in m) + "|" for m in masks) == _BEFORE[seed]
     assert type(greedy_state(_chain(seed))) is not UnionGreedyState
+
+
+def test_validating_a_union_problem_twice_gives_the_same_frozen_groups():
+    """A sum frozen only because an input is frozen must not freeze its other inputs when the
+    problem is validated again (``dataclasses.replace``); a sum frozen by the caller does."""
+    import dataclasses
+
+    from qcqp_prune.solvers import ChannelProblem, UnionConstraint
+    chained = ChannelProblem(sizes=(2, 2, 2, 2), frozen=(True, False, False, False),
+                             unions=(UnionConstraint(2, (0, 1)), UnionConstraint(3, (2, 1))))
+    assert chained.frozen == (True, False, True, True)
+    assert dataclasses.replace(chained).frozen == chained.frozen
+    output = ChannelProblem(sizes=(2, 2, 2), frozen=(False, False, True), unions=(UnionConstraint(2, (0, 1)),))
+    assert output.frozen == (True, True, True)
