@@ -17,7 +17,8 @@ import numpy as np
 
 @dataclass
 class Factor:
-    """A table over ``vars`` (axis ``i`` indexes the labels of ``vars[i]``)."""
+    """A table over ``vars`` (axis ``i`` indexes the labels of ``vars[i]``); ``-inf`` entries
+    forbid a combination (hard constraints such as the count relations of a union)."""
 
     vars: tuple[int, ...]
     table: np.ndarray

@@ -81,3 +81,48 @@ def union_problems(draw, max_free_channels: int = 16) -> ChannelProblem:
         constraints.append(ResourceConstraint(f"r{r}", cost, lo + draw(st.floats(0.0, 1.0)) * (hi - lo)))
     return ChannelProblem(tuple(sizes), tuple(frozen), tuple(min_keep), tuple(round_to), tuple(bil), tuple(lin),
                           base.objective_constant, tuple(constraints), None, tuple(unions))
+
+
+def shared_version(problem: ChannelProblem) -> tuple[ChannelProblem, list[int]]:
+    """``problem`` with each union's groups (its output and inputs, transitively) merged into
+    one group: *shared* coupling, where every tensor added into a stream keeps the same
+    channels. Any shared plan is a union plan (the OR of equal masks is that mask), so the
+    union optimum is never below the shared one. Returns the problem and old -> new group.
+
+    The merged group keeps each free member's ``min_keep`` (the largest) and ``round_to``
+    (their least common multiple), so its counts are allowed for every member; it is frozen
+    when any member is."""
+    n = len(problem.sizes)
+    root = list(range(n))
+
+    def find(g: int) -> int:
+        while root[g] != g:
+            g = root[g]
+        return g
+
+    for u in problem.unions:
+        for i in u.inputs:
+            root[find(i)] = find(u.out)
+    classes = sorted({find(g) for g in range(n)})
+    new = [classes.index(find(g)) for g in range(n)]
+    members = [[g for g in range(n) if new[g] == c] for c in range(len(classes))]
+    free = [[g for g in ms if g not in problem.derived] for ms in members]
+    steps = [[problem.round_to[g] for g in fs if problem.round_to[g]] for fs in free]
+    bil = tuple(BilinearTerm(new[t.g], new[t.h], t.weights) for t in problem.bilinear)
+    lin = tuple(LinearTerm(new[t.g], t.weights) for t in problem.linear)
+    constraints = []
+    for c in problem.constraints:
+        cb: dict[tuple[int, int], float] = {}
+        for (g, h), v in c.cost.bilinear.items():
+            key = (min(new[g], new[h]), max(new[g], new[h]))
+            cb[key] = cb.get(key, 0.0) + v
+        cl: dict[int, float] = {}
+        for g, v in c.cost.linear.items():
+            cl[new[g]] = cl.get(new[g], 0.0) + v
+        constraints.append(ResourceConstraint(c.name, QuadraticCost(cb, cl, c.cost.constant), c.budget))
+    shared = ChannelProblem(tuple(problem.sizes[ms[0]] for ms in members),
+                            tuple(any(problem.frozen[g] for g in ms) for ms in members),
+                            tuple(max((problem.min_keep[g] for g in fs), default=1) for fs in free),
+                            tuple(int(np.lcm.reduce(s)) if s else None for s in steps),
+                            bil, lin, problem.objective_constant, tuple(constraints), None, ())
+    return shared, new
