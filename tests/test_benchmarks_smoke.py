@@ -20,16 +20,24 @@ def test_solver_benchmark_smoke(tmp_path):
     out = str(tmp_path / "solvers")
     from methods import torch_pruning_available
     bench_solvers.main(["--models", "resnet20", "--budgets", "0.5,params:0.5", "--time-limit", "2",
-                        "--methods", "cpsat,greedy,uniform-l1,torch-pruning", "--out", out])
+                        "--methods", "cpsat,greedy,cpsat+union,uniform-l1,torch-pruning", "--out", out])
     r = rows(out + ".csv")
     peer = {"torch-pruning"} if torch_pruning_available() else set()  # optional: FLOPs budgets only
-    assert {x["method"] for x in r} == {"cpsat", "greedy", "uniform-l1"} | peer
+    assert {x["method"] for x in r} == {"cpsat", "greedy", "cpsat+union", "uniform-l1"} | peer
     assert all(x["budget"] == "flops 50%" for x in r if x["method"] == "torch-pruning")
     assert {x["budget"] for x in r} == {"flops 50%", "params 50%"}
     assert all(float(x["budget used"].rstrip("%")) <= 100.0 for x in r)
     assert all(x["certified gap"] != "-" for x in r if x["method"] == "cpsat")
     for suffix in (".md", "_anytime.png", "_size.png"):
         assert os.path.exists(out + suffix), suffix
+
+
+def test_stream_adapter_benchmark_smoke(tmp_path):
+    import stream_adapters
+    out = str(tmp_path / "adapters")
+    stream_adapters.main(["--models", "resnet20", "--repeats", "2", "--out", out])
+    (r,) = rows(out + ".csv")
+    assert int(r["adapters"]) > 0 and 0 < float(r["ms in adapters"]) < float(r["union plan ms"])
 
 
 def test_accuracy_benchmark_smoke(tmp_path):
