@@ -20,6 +20,7 @@ from helpers import check_slim_matches_mask, counted_flops, random_masks, random
 from qcqp_prune import zoo
 from qcqp_prune.plan_io import PlanFormatError
 from strategies import random_nets, random_residual_nets
+from test_random_architectures import FAILURES
 
 
 class CatResidual(nn.Module):
@@ -224,6 +225,19 @@ def test_union_plan_meets_its_budget_keeps_more_than_shared_and_round_trips(tmp_
 def test_random_residual_union_plans_meet_their_budget_and_slim_equals_mask(case, where, solver):
     """Union plans at a random feasible FLOPs budget: the budget holds on the slimmed model
     (counted FLOPs == modeled), the bound is above the objective, and slim == mask."""
+    _union_plan_holds(case, where, solver)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None, database=FAILURES,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(random_residual_nets(), random_nets()), st.floats(0.0, 1.0), st.sampled_from(["greedy", "cpsat"]))
+def test_many_more_random_union_plans(case, where, solver):
+    """New random examples on every slow run; failures are kept in tests/hypothesis-db."""
+    _union_plan_holds(case, where, solver)
+
+
+def _union_plan_holds(case, where: float, solver: str) -> None:
     net, inputs = case
     randomize(net, 1)
     graph = qp.trace(net, inputs, coupling="union")
