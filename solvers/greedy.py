@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -287,20 +288,51 @@ def _column_codes(hit: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _labels(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of a boolean matrix the rank of its pattern among the distinct columns
+    (ordered by :func:`_column_codes`), and how many columns each pattern has. A bin count
+    replaces the sort when there are few rows (few possible codes)."""
+    if len(hit) == 0 or hit.shape[1] == 0:
+        return np.zeros(hit.shape[1], dtype=np.int64), np.array([hit.shape[1]] if hit.shape[1] else [], dtype=np.int64)
+    codes = _column_codes(hit)
+    if len(hit) <= 12:
+        count = np.bincount(codes)
+        present = count > 0
+        return (np.cumsum(present) - 1)[codes], count[present]
+    _, label, count = np.unique(codes, return_inverse=True, return_counts=True)
+    return label.reshape(-1), count
+
+
 Step = tuple[int, np.ndarray, bool]  # (group, channels, keep): toggle these channels of the group
 
 
 @dataclass
-class Move:
-    """Channel toggles applied together, in order (a free group's, then the derived groups'
-    that follow), with their net effect: per changed group its count change, the part of the
-    cost change that does not depend on the counts, and the exact objective change."""
+class Moves:
+    """Candidate moves side by side, each a list of channel toggles applied together (a free
+    group's, then the derived groups' that follow): its exact objective change, its count
+    change per group, the part of its cost change that does not depend on the counts, the
+    free group it moves, and its toggles, built only for the move applied."""
 
-    steps: list[Step]
-    groups: np.ndarray
-    delta: np.ndarray
-    quad: np.ndarray
-    gain: float
+    gain: np.ndarray                    # (C,)
+    delta: np.ndarray                   # (C, G)
+    quad: np.ndarray                    # (R, C)
+    owner: np.ndarray                   # (C,)
+    steps: Callable[[int], list[Step]]
+
+    def __len__(self) -> int:
+        return len(self.gain)
+
+
+def _join(tables: list[Moves]) -> Moves:
+    """The moves of several tables as one table (in order)."""
+    offsets = np.cumsum([0] + [len(t) for t in tables])
+
+    def steps(i: int) -> list[Step]:
+        j = int(np.searchsorted(offsets, i, side="right")) - 1
+        return tables[j].steps(int(i - offsets[j]))
+
+    return Moves(np.concatenate([t.gain for t in tables]), np.concatenate([t.delta for t in tables]),
+                 np.concatenate([t.quad for t in tables], axis=1), np.concatenate([t.owner for t in tables]), steps)
 
 
 class UnionGreedyState(GreedyState):
@@ -313,9 +345,14 @@ class UnionGreedyState(GreedyState):
         derived = [v for v in problem.union_order if not problem.frozen[v]]
         self.dep = {s: [v for v in derived if s in problem.sources(v)] for s in free}
         self.cover = {v: np.full(problem.sizes[v], len(problem.sources(v)), dtype=np.int64) for v in derived}
-        self.touches = {g: self._touches(g, free) for g in problem.prunable}
+        self.derived_partners = {g: {h for pr in self.pairs_of[g] for h in (pr.g, pr.h) if h in self.cover}
+                                 for g in problem.prunable}
         self.source_list = {v: sorted(problem.sources(v)) for v in derived}
         self.streams = self._streams(derived)
+        self.span = {s: np.array([s, *self.dep[s]]) for s in free}
+        self.span_cm = {s: self.Cm[:, self.span[s][:, None], self.span[s][None, :]] for s in free}
+        self.inner = {s: any(pr.g != pr.h and {pr.g, pr.h} <= set(self.span[s].tolist()) for pr in self.red.pairs)
+                      for s in free}
 
     def _streams(self, derived: list[int]) -> list[tuple[list[int], list[int]]]:
         """``(free sources, derived groups)`` of each set of groups linked by unions (a
@@ -328,29 +365,6 @@ class UnionGreedyState(GreedyState):
                 src, der = src | other[0], der | other[1]
             streams.append((src, der))
         return [(sorted(s), sorted(d)) for s, d in streams]
-
-    def _touches(self, g: int, free: list[int]) -> list[int]:
-        """Free groups whose candidate moves can change when ``g``'s mask changes: those
-        whose own or derived groups' contributions it changes."""
-        return [t for t in free if self.neighbors[g] & {t, *self.dep[t]}]
-
-    def _streams(self, derived: list[int]) -> list[tuple[list[int], list[int]]]:
-        """``(free sources, derived groups)`` of each set of groups linked by unions (a
-        residual stage's stream: same size, one channel index space)."""
-        streams: list[tuple[set[int], set[int]]] = []
-        for v in derived:
-            src, der = set(self.p.sources(v)), {v}
-            for other in [x for x in streams if x[0] & src]:
-                streams.remove(other)
-                src, der = src | other[0], der | other[1]
-            streams.append((src, der))
-        return [(sorted(s), sorted(d)) for s, d in streams]
-
-    def _affected(self, s: int, free: list[int]) -> list[int]:
-        """Free groups whose candidate moves can change when ``s`` moves: those whose own or
-        derived groups' masks, covers or contributions it can touch."""
-        changed = set().union(*(self.neighbors[m] for m in [s, *self.dep[s]]))
-        return [t for t in free if changed & {t, *self.dep[t]}]
 
     # ------------------------------------------------------------------ moves
     def exact_gain(self, d: dict[int, tuple[np.ndarray, np.ndarray]]) -> float:
@@ -367,115 +381,157 @@ class UnionGreedyState(GreedyState):
                     total += float(sg @ pr.W[np.ix_(idx, idx_h)] @ sg_h)
         return total
 
-    def _patterns(self, s: int, keep: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _at_stake(self, s: int, keep: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Channels of free group ``s`` a move could toggle (removed ones when ``keep``, kept
-        ones otherwise), split by cascade pattern: ``(channels, value, hit)`` per pattern, with
-        ``value`` the importance at stake per channel (its own and its cascade's contribution)
-        and ``hit[i, c]`` whether derived group ``dep[s][i]`` changes with channel ``c``."""
+        ones otherwise), the importance at stake per channel (its own and its cascade's
+        contribution) and ``hit[i, c]``: whether derived group ``dep[s][i]`` changes with
+        channel ``c``."""
         chans = np.flatnonzero(self.masks[s] != keep)
-        if len(chans) == 0:
-            return []
-        dep = self.dep[s]
-        value = self.contrib[s][chans].copy()
-        hit = np.zeros((len(dep), len(chans)), dtype=bool)
-        for i, v in enumerate(dep):
-            hit[i] = self.cover[v][chans] == (0 if keep else 1)
+        value = self.contrib[s][chans]
+        hit = np.empty((len(self.dep[s]), len(chans)), dtype=bool)
+        for i, v in enumerate(self.dep[s]):
+            np.equal(self.cover[v][chans], 0 if keep else 1, out=hit[i])
             value += np.where(hit[i], self.contrib[v][chans], 0.0)
-        if not dep:
-            return [(chans, value, hit)]
-        _, inv = np.unique(_column_codes(hit), return_inverse=True)
-        return [(chans[inv == u], value[inv == u], hit[:, inv == u]) for u in range(int(inv.max()) + 1)]
+        return chans, value, hit
 
     def _steps(self, s: int, idx: np.ndarray, hit: np.ndarray, keep: bool) -> list[Step]:
         """Toggle channels ``idx`` of free group ``s`` and, per ``hit`` row, the derived
         channels that follow."""
         return [(s, idx, keep)] + [(v, idx[h], keep) for v, h in zip(self.dep[s], hit) if h.any()]
 
-    def _make(self, steps: list[Step]) -> Move:
-        """The move of ``steps`` with its exact net count, cost and objective effects."""
+    @staticmethod
+    def _changes(steps: list[Step]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``steps`` as ``{group: (channels, signs)}`` for :meth:`exact_gain`."""
         d: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for g, idx, keep in steps:
             sg = np.full(len(idx), 1.0 if keep else -1.0)
             d[g] = (np.concatenate([d[g][0], idx]), np.concatenate([d[g][1], sg])) if g in d else (idx, sg)
-        groups = np.array(list(d))
-        delta = np.array([sg.sum() for _, sg in d.values()])
-        quad = 0.5 * np.einsum("rab,a,b->r", self.Cm[:, groups[:, None], groups[None, :]], delta, delta) \
-            + self.Sq[:, groups] @ delta ** 2
-        return Move(steps, groups, delta, quad, self.exact_gain(d))
+        return d
 
-    def _blocks(self, s: int, keep: bool) -> list[Move]:
-        """Moves of free group ``s`` to its next allowed count: per cascade pattern with
-        enough channels, its weakest (drop) or strongest (fill) block; the best block over
-        all patterns when no single pattern has enough channels."""
-        new = self.step_up(s) if keep else self.step_down(s)
+    def _table(self, s: int, span_delta: np.ndarray, gain: np.ndarray,
+               steps: Callable[[int], list[Step]]) -> Moves:
+        """Moves of free group ``s`` from their count changes over ``span[s]`` (``s``, then its
+        derived groups), exact gains and toggles."""
+        span = self.span[s]
+        delta = np.zeros((len(gain), len(self.n)))
+        delta[:, span] = span_delta
+        quad = 0.5 * np.einsum("rab,ca,cb->rc", self.span_cm[s], span_delta, span_delta) \
+            + self.Sq[:, span] @ (span_delta ** 2).T
+        return Moves(gain, delta, quad, np.full(len(gain), s), steps)
+
+    def _blocks(self, s: int, keep: bool, new: int | None = None) -> Moves:
+        """Moves of free group ``s`` to count ``new`` (by default its next allowed count):
+        per cascade pattern with enough channels, its weakest (drop) or strongest (fill)
+        block; the best block over all patterns when no single pattern has enough channels."""
         if new is None:
-            return []
+            new = self.step_up(s) if keep else self.step_down(s)
+        if new is None:
+            return self._table(s, np.zeros((0, len(self.span[s]))), np.zeros(0), lambda i: [])
         k = abs(new - int(self.n[s]))
-        pats = self._patterns(s, keep)
-        blocks = [p for p in pats if len(p[0]) >= k] or [tuple(np.concatenate(x, axis=-1) for x in zip(*pats))]
-        moves = []
-        for chans, value, hit in blocks:
-            pick = np.argpartition(-value if keep else value, k - 1)[:k] if k < len(chans) else np.arange(len(chans))
-            moves.append(self._make(self._steps(s, chans[pick], hit[:, pick], keep)))
-        return moves
+        chans, value, hit = self._at_stake(s, keep)
+        label, count = _labels(hit)
+        key = -value if keep else value
+        order = np.lexsort((key, label))  # by pattern, the best channel first
+        starts = (np.cumsum(count) - count)[count >= k]
+        pos = order[starts[:, None] + np.arange(k)] if len(starts) else np.argsort(key, kind="stable")[None, :k]
+        idx, hits = chans[pos], hit[:, pos].transpose(1, 0, 2)  # (P, k), (P, d, k)
+        sign = 1.0 if keep else -1.0
+        span_delta = sign * np.concatenate([np.full((len(pos), 1), k), hits.sum(axis=2)], axis=1)
 
-    def _swaps(self, s: int, admit) -> list[Move]:
+        def steps(i: int) -> list[Step]:
+            return self._steps(s, idx[i], hits[i], keep)
+
+        if k == 1 and not self.inner[s]:  # the importance at stake is the exact change
+            gain = sign * value[pos[:, 0]]
+        else:
+            gain = np.array([self.exact_gain(self._changes(steps(i))) for i in range(len(pos))])
+        return self._table(s, span_delta, gain, steps)
+
+    def _swaps(self, s: int, admit: Callable[[np.ndarray, np.ndarray], bool]) -> Moves:
         """Swaps in free group ``s`` (its count stays): per pair of a kept channel's pattern
         ``K`` (derived groups its removal kills) and a removed channel's pattern ``R`` (those
         its addition revives) with ``admit(K, R)``, the weakest kept channel for the strongest
         removed one."""
-        moves = []
-        gone = self._patterns(s, keep=True)
-        for c, v, h in self._patterns(s, keep=False):
-            for cb, vb, hb in gone:
-                if admit(h[:, 0], hb[:, 0]):
-                    a, b = int(np.argmin(v)), int(np.argmax(vb))
-                    moves.append(self._make(self._steps(s, c[a:a + 1], h[:, a:a + 1], False)
-                                            + self._steps(s, cb[b:b + 1], hb[:, b:b + 1], True)))
-        return moves
+        best = []
+        for keep in (False, True):
+            chans, value, hit = self._at_stake(s, keep)
+            label, count = _labels(hit)
+            first = np.lexsort((-value if keep else value, label))[np.cumsum(count) - count]
+            best.append([(chans[c:c + 1], hit[:, c:c + 1]) for c in first])
+        pairs = [(a, ha, b, hb) for a, ha in best[0] for b, hb in best[1] if admit(ha[:, 0], hb[:, 0])]
+        swaps = [self._steps(s, a, ha, False) + self._steps(s, b, hb, True) for a, ha, b, hb in pairs]
+        span_delta = np.array([[0.0, *(hb[:, 0].astype(float) - ha[:, 0])] for _, ha, _, hb in pairs])
+        gain = np.array([self.exact_gain(self._changes(st)) for st in swaps])
+        return self._table(s, span_delta.reshape(len(pairs), len(self.span[s])), gain, lambda i: swaps[i])
 
-    def moves(self, keep: bool) -> list[Move]:
-        """Every free group's drop (fill when ``keep``) blocks, cached until a move affects
-        the group."""
+    def moves(self, keep: bool) -> Moves:
+        """Every free group's drop (fill when ``keep``) blocks, cached per group until a move
+        affects the group."""
         cache = self._up if keep else self._down
-        out = []
         for s in self.p.free:
             if s not in cache:
                 cache[s] = self._blocks(s, keep)
-            out += cache[s]
-        return out
+        return _join([cache[s] for s in self.p.free])
 
-    def aligning_swaps(self) -> list[Move]:
+    def aligning_swaps(self) -> Moves:
         """Swaps that align a free group with the other sources of a derived group (the
         removed channel kills strictly more derived channels than the added one revives):
         they lower counts without dropping a channel of the group, drop's first way out
         when no block saves cost (e.g. sources at their smallest counts keeping different
         channels)."""
-        return [m for s in self.p.free for m in self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R)))]
+        return _join([self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R))) for s in self.p.free])
 
-    def cost_change(self, moves: list[Move]) -> np.ndarray:
+    def cost_change(self, moves: Moves) -> np.ndarray:
         """``(R, C)``: exact change of cost ``r`` if move ``c`` alone were applied,
         ``delta . (Cm n + 2 Sq n + Li) + delta^T Cm delta / 2 + Sq . delta^2``."""
         n = self.n.astype(np.float64)
         grad = np.einsum("rgh,h->rg", self.Cm, n) + 2.0 * self.Sq * n + self.Li
-        groups = np.concatenate([m.groups for m in moves])
-        delta = np.concatenate([m.delta for m in moves])
-        rows = np.repeat(np.arange(len(moves)), [len(m.groups) for m in moves])
-        lin = np.array([np.bincount(rows, grad[r, groups] * delta, len(moves)) for r in range(len(self.cons))])
-        return lin.reshape(len(self.cons), len(moves)) + np.array([m.quad for m in moves]).T
+        return grad @ moves.delta.T + moves.quad
 
-    def apply(self, move: Move) -> None:
-        """Toggle the move's channels (one step after the other, which is exact), update the
-        covers and forget the candidates the move may have changed."""
-        for g, idx, keep in move.steps:
+    def apply(self, steps: list[Step]) -> None:
+        """Toggle a move's channels (one step after the other, which is exact), update the
+        covers and forget the candidates the move changed: those of free groups whose own
+        contributions changed (``toggle``), of sources whose cascade pattern changed at a
+        channel whose cover moved, and of sources whose candidates involve a derived group's
+        contribution that changed."""
+        covers, changed = [], set()
+        for g, idx, keep in steps:
             self.toggle(g, idx, keep)
-            stale = list(self.touches[g])
+            changed.update(self.derived_partners[g])
             for v in self.dep.get(g, ()):
                 self.cover[v][idx] += 1 if keep else -1
-                if np.any(self.cover[v][idx] <= (2 if keep else 1)):
-                    stale += self.source_list[v]  # a source's cascade pattern changed
-            for t in stale:
+                covers.append((v, idx, keep))
+        for v, idx, keep in covers:
+            self._forget_patterns(v, idx, keep)
+        for v in changed:
+            self._forget_reliant(v)
+
+    def _forget_patterns(self, v: int, idx: np.ndarray, keep: bool) -> None:
+        """Forget the candidates of derived group ``v``'s sources whose cascade pattern changed
+        at channels ``idx``, whose cover just rose (``keep``) or fell by one: a source keeping
+        a channel becomes or stops being its only cover (drop), one not keeping it sees the
+        channel revived or killed (fill)."""
+        c = self.cover[v][idx]
+        if c.min() > (2 if keep else 1):
+            return
+        for t in self.source_list[v]:
+            kept = self.masks[t][idx]
+            if np.any(kept & (c == (2 if keep else 1))):
                 self._down.pop(t, None)
+            if np.any(~kept & (c == (1 if keep else 0))):
+                self._up.pop(t, None)
+
+    def _forget_reliant(self, v: int) -> None:
+        """Forget the candidates that involve derived group ``v``'s contribution (it changed):
+        drops of a source that alone covers a channel of ``v``, fills of every source when a
+        channel of ``v`` is dead."""
+        sole = self.cover[v] == 1
+        if sole.any():
+            for t in self.source_list[v]:
+                if np.any(self.masks[t] & sole):
+                    self._down.pop(t, None)
+        if np.any(self.cover[v] == 0):
+            for t in self.source_list[v]:
                 self._up.pop(t, None)
 
     def nest(self) -> bool:
@@ -494,18 +550,17 @@ class UnionGreedyState(GreedyState):
         self.rebuild(masks)
         return bool(np.any(self.n < before))
 
-    def _enabling_drop(self, moves: list[Move], weight: np.ndarray) -> bool:
+    def _enabling_drop(self, moves: Moves, weight: np.ndarray) -> bool:
         """Apply the cheapest drop block of a source of a derived group whose count costs
         (under the resource ``weight``), though it saves nothing yet: the first of the drops
         that kill a stream channel in every source. Drop's last way out; returns whether one
         was applied."""
         n = self.n.astype(np.float64)
         marginal = weight @ (np.einsum("rgh,h->rg", self.Cm, n) + 2.0 * self.Sq * n + self.Li)
-        blocks = [m for m in moves if not any(keep for _, _, keep in m.steps)
-                  and any(marginal[v] > 0 for v in self.dep[m.steps[0][0]])]
-        if not blocks:
+        ok = np.array([any(marginal[v] > 0 for v in self.dep[s]) for s in moves.owner], dtype=bool)
+        if not ok.any():
             return False
-        self.apply(min(blocks, key=lambda m: -m.gain))
+        self.apply(moves.steps(int(np.argmax(np.where(ok, moves.gain, -np.inf)))))
         return True
 
     def rebuild(self, masks: list[np.ndarray]) -> None:
@@ -525,38 +580,36 @@ class UnionGreedyState(GreedyState):
         while not self.feasible():
             over = np.maximum(self.cost - self.budget, 0.0) / scale
             moves = self.moves(keep=False)
-            move = self._best_drop(moves, over, scale) or self._best_drop(self.aligning_swaps(), over, scale)
-            if move is not None:
-                self.apply(move)
-            elif not (self.nest() or self._enabling_drop(moves, over / scale)):
+            if not (self._apply_best_drop(moves, over, scale) or self._apply_best_drop(self.aligning_swaps(), over, scale)
+                    or self.nest() or self._enabling_drop(moves, over / scale)):
                 raise RuntimeError("greedy: no channel left to remove but a budget still fails")
 
-    def _best_drop(self, moves: list[Move], over: np.ndarray, scale: np.ndarray) -> Move | None:
-        """The move losing the least importance per weighted cost saved (None when none saves)."""
-        if not moves:
-            return None
+    def _apply_best_drop(self, moves: Moves, over: np.ndarray, scale: np.ndarray) -> bool:
+        """Apply the move losing the least importance per weighted cost saved; returns whether
+        one saves."""
+        if not len(moves):
+            return False
         weighted = (over[:, None] * -self.cost_change(moves) / scale[:, None]).sum(axis=0)
         ok = weighted > 0
         if not ok.any():
-            return None
-        lost = np.array([-m.gain for m in moves])
-        return moves[int(np.argmin(np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)))]
+            return False
+        self.apply(moves.steps(int(np.argmin(np.where(ok, -moves.gain / np.where(ok, weighted, 1.0), np.inf)))))
+        return True
 
     def fill(self, deadline: float = np.inf) -> None:
         scale = np.maximum(self.budget, 1e-300)
         limit = self.budget * (1 + 1e-12) + 1e-9
         while time.perf_counter() < deadline:
             moves = self.moves(keep=True)
-            if not moves:
+            if not len(moves):
                 return
             extra = self.cost_change(moves)
-            gain = np.array([m.gain for m in moves])
-            ok = np.all(self.cost[:, None] + extra <= limit[:, None], axis=0) & (gain > 0)
+            ok = np.all(self.cost[:, None] + extra <= limit[:, None], axis=0) & (moves.gain > 0)
             if not ok.any():
                 return
             used = (extra / scale[:, None]).sum(axis=0)
-            score = np.where(used > 0, gain / np.where(used > 0, used, 1.0), np.inf)
-            self.apply(moves[int(np.argmax(np.where(ok, score, -np.inf)))])
+            score = np.where(used > 0, moves.gain / np.where(used > 0, used, 1.0), np.inf)
+            self.apply(moves.steps(int(np.argmax(np.where(ok, score, -np.inf)))))
 
     def swap_within(self, max_rounds: int = 10000) -> None:
         """Per free group, apply the best cost-neutral swap (equal patterns: every count
@@ -564,18 +617,21 @@ class UnionGreedyState(GreedyState):
         for s in self.p.free:
             for _ in range(max_rounds):
                 swaps = self._swaps(s, np.array_equal)
-                best = max(swaps, key=lambda m: m.gain, default=None)
-                if best is None or best.gain <= 1e-12 * max(1.0, abs(self.obj)):
+                if not len(swaps):
                     break
-                self.apply(best)
+                i = int(np.argmax(swaps.gain))
+                if swaps.gain[i] <= 1e-12 * max(1.0, abs(self.obj)):
+                    break
+                self.apply(swaps.steps(i))
 
     def snapshot(self):
-        return super().snapshot(), {v: c.copy() for v, c in self.cover.items()}
+        """The state, covers and cached candidates (valid again once the state is restored)."""
+        return super().snapshot(), {v: c.copy() for v, c in self.cover.items()}, dict(self._down), dict(self._up)
 
     def restore(self, snap) -> None:
-        base, cover = snap
+        base, cover, down, up = snap
         super().restore(base)
-        self.cover = cover
+        self.cover, self._down, self._up = cover, down, up
 
     def swap_across(self, deadline: float, max_passes: int = 3) -> None:
         """Per free group, try its drop blocks one by one followed by a fill; keep the first
@@ -584,11 +640,12 @@ class UnionGreedyState(GreedyState):
         for _ in range(max_passes):
             improved = False
             for s in self.p.free:
-                for move in self._blocks(s, keep=False):
+                blocks = self._blocks(s, keep=False)
+                for i in range(len(blocks)):
                     if time.perf_counter() > deadline:
                         return
                     snap = self.snapshot()
-                    self.apply(move)
+                    self.apply(blocks.steps(i))
                     self.fill(deadline)
                     if self.obj > best_obj * (1 + 1e-12) + 1e-15:
                         best_obj, improved = self.obj, True
