@@ -144,7 +144,9 @@ class ChannelGraph:
 
     # ------------------------------------------------------------------ networkx views
     def group_graph(self) -> nx.MultiGraph:
-        """Vertices are groups (attrs: size, frozen, reasons); edges are layers coupling them."""
+        """Vertices are groups (attrs: size, frozen, reasons); edges are layers coupling them
+        (``kind`` conv / linear / depthwise) and, with union coupling, each sum's operands
+        (``kind="union"``)."""
         G = nx.MultiGraph()
         for g in self.groups:
             G.add_node(g.name, id=g.id, size=g.size, frozen=g.frozen, reasons=list(g.frozen_reasons))
@@ -155,6 +157,9 @@ class ChannelGraph:
                 for b in sorted(ins):
                     G.add_edge(self.groups[a].name, self.groups[b].name, key=layer.module,
                                module=layer.module, kind=layer.kind)
+        for g in self.groups:  # union coupling: a sum is tied to each of its operands
+            for i in g.union_of:
+                G.add_edge(self.groups[i].name, g.name, key=f"union:{g.name}", module=None, kind="union")
         return G
 
     def op_graph(self) -> nx.DiGraph:
@@ -175,6 +180,8 @@ class ChannelGraph:
                  f"{len(self.layers)} prunable layers, {self.total_flops:,} FLOPs"]
         for g in self.groups:
             state = "frozen: " + g.frozen_reasons[0] if g.frozen else "prunable"
+            if g.union_of:
+                state += " (OR of " + ", ".join(self.groups[i].name for i in g.union_of) + ")"
             lines.append(f"  [{g.id:3d}] {g.name:40s} {g.size:6d}  {state}")
         return "\n".join(lines)
 

@@ -254,3 +254,11 @@ def _union_plan_holds(case, where: float, solver: str) -> None:
     assert plan.cost["flops"] <= plan.limits["flops"] * (1 + 1e-12)
     assert plan.bound is None or plan.bound >= plan.objective * (1 - 1e-9)
     check_slim_matches_mask(net, inputs, graph=graph, masks=[np.asarray(m) for m in plan.masks])
+
+
+def test_group_graph_and_summary_show_the_unions():
+    graph = qp.trace(zoo.resnet20(), torch.randn(1, 3, 32, 32), coupling="union")
+    G = graph.group_graph()
+    unions = [(a, b) for a, b, d in G.edges(data=True) if d["kind"] == "union"]
+    assert len(unions) == sum(len(g.union_of) for g in graph.groups) > 0
+    assert "(OR of layer1.0.conv2, conv1)" in graph.summary()
