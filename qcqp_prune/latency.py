@@ -21,6 +21,12 @@ milliseconds, so ``Budget(latency=...)`` works with every solver back-end.
 
 Timings use ``torch.set_num_threads(threads)`` (restored afterwards), ``eval()`` and
 ``no_grad``, warm-up calls, and medians of repeats; on CUDA every timed call is synchronized.
+The model is smooth; the device is not (oneDNN pads channels to blocks of 16, so a group cut to
+one channel costs about as much as 16, and wide late layers run slower inside the network than
+standalone). A solver seeks out exactly such configurations, so
+:func:`plan_with_measured_latency` checks each plan on the device and re-plans with a tightened
+limit until the measured plan meets the target.
+
 A fitted model is only valid for the device, thread count, batch size and input resolution it
 was fitted on; all of these are stored in it, and :meth:`LatencyModel.cost` refuses a graph
 of another architecture (fingerprint mismatch).
@@ -56,7 +62,8 @@ VERSION = 1
 
 __all__ = [
     "LatencyModel", "LayerFit", "OpFit", "calibrate_latency", "fit_global", "fit_latency", "fit_layer",
-    "layer_specs", "measure_latency", "measure_many", "op_nodes", "profile_latency", "random_masks", "calibration_masks",
+    "layer_specs", "lopsided_masks", "measure_latency", "measure_many", "op_nodes", "plan_with_measured_latency",
+    "profile_latency", "random_masks", "calibration_masks",
 ]
 
 
@@ -666,21 +673,65 @@ def random_masks(graph: ChannelGraph, rng: np.random.Generator, low: float = 0.3
     return masks
 
 
+def _masks_from_counts(graph: ChannelGraph, keep: Mapping[int, int]) -> list[np.ndarray]:
+    """Keep-masks that keep the first ``keep[g]`` channels of each prunable group ``g``
+    (frozen groups whole)."""
+    return [np.arange(g.size) < (g.size if g.frozen else keep[g.id]) for g in graph.groups]
+
+
+def lopsided_masks(graph: ChannelGraph, rng: np.random.Generator) -> list[np.ndarray]:
+    """A random *lopsided* configuration, like the plans a solver makes: some groups cut to
+    one channel, others kept whole.
+
+    Plans under a latency budget are far from uniform (a solver cuts whole stages to one
+    channel and keeps others at full width), and that is where a model fitted on uniform keep
+    fractions errs most (oneDNN pads a conv's channels to blocks of 16, so one channel costs
+    about as much as 16). One of three kinds, at random: *scattered* (each group at one
+    channel with probability ``p_min``, whole with ``p_full``, else a keep fraction uniform in
+    [0.3, 1]); *early cut* (the groups before a random cut point in graph order at one
+    channel or a fraction in [0.05, 0.4], the rest whole or in [0.7, 1]); *late cut* (the
+    same, reversed).
+    """
+    groups = [g for g in graph.groups if not g.frozen]
+    kind = int(rng.integers(3))
+    cut = int(rng.integers(1, max(2, len(groups))))
+    p_min, p_full = rng.uniform(0.1, 0.5, 2)
+
+    def frac(a: float, b: float) -> float:
+        return float(rng.uniform(a, b))
+
+    keep = {}
+    for i, g in enumerate(groups):
+        if kind == 0:
+            u = rng.random()
+            f = 0.0 if u < p_min else 1.0 if u < p_min + p_full else frac(0.3, 1.0)
+        elif (i < cut) == (kind == 1):   # the cut side
+            f = 0.0 if rng.random() < 0.5 else frac(0.05, 0.4)
+        else:
+            f = 1.0 if rng.random() < 0.5 else frac(0.7, 1.0)
+        keep[g.id] = min(g.size, max(1, int(round(f * g.size))))
+    return _masks_from_counts(graph, keep)
+
+
 def calibration_masks(graph: ChannelGraph, n: int, rng: np.random.Generator,
                       keep_range: tuple[float, float] = (0.15, 1.0), jitter: float = 0.3,
                       ) -> list[list[np.ndarray]]:
-    """``n`` configurations for :func:`calibrate_latency`: network-wide keep fractions spread
-    evenly (stratified) over ``keep_range``, each group jittered by ``jitter``, half of them
-    without jitter-correlation (per-group uniform in ``[max(low, 0.3), 1]``)."""
+    """``n`` configurations for :func:`calibrate_latency`, a third of each kind in turn:
+    network-wide keep fractions spread evenly (stratified) over ``keep_range`` with each group
+    jittered by ``jitter``; per-group keep fractions uniform in ``[max(low, 0.3), 1]``; and
+    :func:`lopsided_masks` (some groups at one channel, others whole), so that the global
+    terms are also fitted where latency-budgeted plans live."""
     lo, hi = keep_range
     res = []
     strata = (rng.permutation(n) + rng.random(n)) / max(n, 1)
     for i in range(n):
-        if i % 2 == 0:
+        if i % 3 == 0:
             f = lo + strata[i] * (hi - lo)
             res.append(random_masks(graph, rng, f, f, jitter=jitter))
-        else:
+        elif i % 3 == 1:
             res.append(random_masks(graph, rng, max(lo, 0.3), hi))
+        else:
+            res.append(lopsided_masks(graph, rng))
     return res
 
 
@@ -855,7 +906,7 @@ def fit_latency(
     warmup: int = 2,
     passes: int = 3,
     threads: int | None = 1,
-    calibrate: int = 12,
+    calibrate: int = 18,
     calibrate_repeats: int = 9,
     keep_range: tuple[float, float] = (0.15, 1.0),
     low: float = 0.1,
@@ -871,7 +922,8 @@ def fit_latency(
     median of ``repeats`` after ``warmup`` calls, at ``threads`` torch threads; every other
     call node (BatchNorm, activations, adds, pooling, ...) is timed at full width. Then
     ``calibrate`` random slimmed configurations (:func:`calibration_masks`: network-wide keep
-    fractions spread over ``keep_range``, per-group jitter) plus the unpruned model are measured end to end (medians of
+    fractions spread over ``keep_range`` with per-group jitter, per-group uniform ones, and
+    lopsided ones as solver plans are) plus the unpruned model are measured end to end (medians of
     ``calibrate_repeats`` interleaved rounds) to fit the global terms (:func:`fit_global`);
     ``calibrate=0`` only measures the unpruned model and puts the difference into the
     constant. Batch size and input resolution are those of ``example_inputs``; the fitted
@@ -902,6 +954,134 @@ def fit_latency(
     return lm
 
 
+# ---------------------------------------------------------------------------- measured in the loop
+# (full_model, slimmed_plan_model) -> (unpruned ms, plan ms), measured side by side
+LatencyMeasure = Callable[[nn.Module, nn.Module], tuple[float, float]]
+
+
+def _interleaved_measure(example_inputs: Any, repeats: int, threads: int | None) -> LatencyMeasure:
+    """The default :data:`LatencyMeasure`: medians of the unpruned and the slimmed model in
+    3 interleaved rounds (:func:`measure_many`), so drift of the machine cancels in the ratio."""
+    def measure(full: nn.Module, slim: nn.Module) -> tuple[float, float]:
+        m_full, m_slim = measure_many([full, slim], example_inputs, repeats=repeats, warmup=2,
+                                      threads=threads, rounds=3)
+        return m_full, m_slim
+    return measure
+
+
+def _latency_target_ms(requested: Any, measured_full_ms: float) -> float:
+    """The user's latency target in ms: a fraction of the unpruned latency measured now, or an
+    absolute value."""
+    from .budget import Absolute
+
+    return requested.value if isinstance(requested, Absolute) else requested * measured_full_ms
+
+
+def _with_latency_limit(budget: Any, limit_ms: float, reference_ms: float) -> Any:
+    """``budget`` with its latency limit set to ``limit_ms``, kept in the user's spelling
+    (a fraction of ``reference_ms``, or absolute); the other limits unchanged."""
+    import dataclasses
+
+    from .budget import Absolute
+
+    if isinstance(budget.latency, Absolute):
+        return dataclasses.replace(budget, latency=Absolute(limit_ms))
+    return dataclasses.replace(budget, latency=limit_ms / reference_ms)
+
+
+def _round_record(index: int, plan: Any, full_ms: float, plan_ms: float, target_ms: float) -> dict[str, Any]:
+    """What one round of :func:`plan_with_measured_latency` planned, predicted and measured."""
+    ref, limit, predicted = (float(v) for v in (plan.full_cost["latency"], plan.limits["latency"], plan.cost["latency"]))
+    full_ms, plan_ms, target_ms = float(full_ms), float(plan_ms), float(target_ms)
+    return {"round": index, "limit_ms": limit, "limit_fraction": limit / ref,
+            "predicted_ms": predicted, "predicted_ratio": predicted / ref,
+            "measured_full_ms": full_ms, "measured_ms": plan_ms, "measured_ratio": plan_ms / full_ms,
+            "target_ms": target_ms, "met": plan_ms <= target_ms, "objective": float(plan.objective)}
+
+
+def _chosen_round(history: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the round to return: the last one when it met the target (the loop stops at
+    the first that does), else the one measured closest to the target."""
+    if history[-1]["met"]:
+        return len(history) - 1
+    return min(range(len(history)), key=lambda i: history[i]["measured_ms"] / history[i]["target_ms"])
+
+
+def plan_with_measured_latency(model: nn.Module, example_inputs: Any, budget: Any, latency_model: LatencyModel,
+                               *, rounds: int = 4, measure: LatencyMeasure | None = None, repeats: int = 18,
+                               threads: int | None = 1, margin: float = 0.03, **plan_kwargs: Any) -> Any:
+    """Plan with a latency budget, then check the plan on this device and re-plan until it
+    meets the target as *measured*.
+
+    Why: a solver pushes into exactly the configurations where the fitted model under-predicts
+    (groups cut to one channel cost like 16 on oneDNN; late, wide layers run slower inside the
+    network than standalone), so a plan that meets its budget as predicted can run 5-20% over
+    it. Each round calls :func:`~qcqp_prune.plan_channels`, slims the plan and measures it
+    beside the unpruned model (``measure``; default: medians of ``repeats`` forwards in 3
+    interleaved rounds at ``threads`` threads). The target is ``budget.latency`` times the
+    unpruned latency measured in the same rounds (or the absolute value in ms). While the plan
+    runs over it, the latency limit is tightened by the ratio of measured to predicted latency
+    and a ``margin``, ``new limit = predicted * target / measured * (1 - margin)``, and the
+    model is planned again, at most ``rounds`` plans in all. The margin doubles after a round
+    whose measured ratio improved by less than ``margin / 2``: tightening within one of
+    oneDNN's 16-channel steps saves (almost) nothing, and the next re-plan must reach past it.
+
+    Returns the first plan that meets the target; when none does (or a tightened budget
+    becomes infeasible) the one that came closest, with a ``UserWarning``. Its
+    ``latency_model["measured_loop"]`` records the requested budget, whether the target was
+    met, the chosen round and every round (limit, predicted and measured ms and ratios,
+    target); its own ``budget`` / ``limits`` are the (tightened) ones it was solved with.
+    ``plan_kwargs`` go to ``plan_channels`` (``solver``, ``graph``, ``min_keep``, ...).
+    """
+    import warnings
+
+    from .apply import slim_model
+    from .plan import plan_channels
+    from .solvers.result import InfeasibleBudgetError
+
+    if budget.latency is None:
+        raise ValueError("plan_with_measured_latency needs a budget with a latency limit, e.g. Budget(latency=0.6)")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be an integer >= 1")
+    measure = measure or _interleaved_measure(example_inputs, repeats, threads)
+    history: list[dict[str, Any]] = []
+    plans: list[Any] = []
+    current, stop, stalls = budget, "rounds exhausted", 0
+    for index in range(1, rounds + 1):
+        try:
+            plan = plan_channels(model, example_inputs, current, latency_model=latency_model, **plan_kwargs)
+        except InfeasibleBudgetError as e:
+            if not plans:   # the user's own budget: nothing to fall back on
+                raise
+            stop = f"round {index}: tightened budget infeasible ({e})"
+            break
+        plan_kwargs["graph"] = plan.graph
+        full_ms, plan_ms = measure(model, slim_model(model, plan.graph, plan.masks))
+        rec = _round_record(index, plan, full_ms, plan_ms, _latency_target_ms(budget.latency, full_ms))
+        history.append(rec)
+        plans.append(plan)
+        if rec["met"]:
+            stop = "target met"
+            break
+        # a round that gained (almost) nothing sat on a plateau of the staircase: aim lower
+        stalled = len(history) > 1 and rec["measured_ratio"] > history[-2]["measured_ratio"] * (1 - margin / 2)
+        stalls = stalls + 1 if stalled else 0
+        tightened = plan.cost["latency"] * rec["target_ms"] / plan_ms * (1 - min(0.5, margin * 2 ** stalls))
+        current = _with_latency_limit(budget, tightened, plan.full_cost["latency"])
+    best = _chosen_round(history)
+    plan = plans[best]
+    met = history[best]["met"]
+    plan.latency_model = {**(plan.latency_model or {}), "measured_loop": {
+        "requested": budget.to_dict(), "met": met, "chosen_round": best + 1, "max_rounds": rounds,
+        "stop": stop, "rounds": history}}
+    if not met:
+        warnings.warn(f"plan_with_measured_latency: no plan met the latency target in {len(plans)} round(s) "
+                      f"({stop}); returning round {best + 1}, measured at "
+                      f"{history[best]['measured_ms'] / history[best]['target_ms']:.3f} x the target", UserWarning,
+                      stacklevel=2)
+    return plan
+
+
 # ---------------------------------------------------------------------------- CLI helper
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m qcqp_prune.latency fit --model resnet18 --out latency.json``."""
@@ -916,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--samples", type=int, default=10)
     f.add_argument("--repeats", type=int, default=7)
-    f.add_argument("--calibrate", type=int, default=12)
+    f.add_argument("--calibrate", type=int, default=18)
     f.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from . import zoo

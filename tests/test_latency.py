@@ -13,7 +13,8 @@ import qcqp_prune as qp
 from qcqp_prune import zoo
 from qcqp_prune.latency import (
     FORMAT, LatencyModel, LayerFit, OpFit, calibrate_latency, calibration_masks, fit_global,
-    fit_latency, fit_layer, layer_specs, measure_latency, op_nodes, random_masks,
+    fit_latency, fit_layer, layer_specs, lopsided_masks, measure_latency, op_nodes, plan_with_measured_latency,
+    random_masks,
 )
 from helpers import random_masks as helper_masks
 
@@ -336,3 +337,116 @@ def test_latency_fraction_is_of_the_measured_unpruned_latency_when_there_is_one(
     assert plan.limits["latency"] == pytest.approx(0.6 * predicted)
     assert plan.full_cost["latency"] == pytest.approx(predicted)
     assert plan.latency_model["full_reference"] == "predicted"
+
+
+# ------------------------------------------------------------------ lopsided configurations
+def test_lopsided_masks_cut_some_groups_to_one_channel_and_keep_others_whole() -> None:
+    """Lopsided configurations (like solver plans) have groups at one channel and whole groups,
+    which uniform random ones never have; a third of the calibration set is lopsided."""
+    graph = qp.trace(zoo.resnet56().eval(), torch.randn(1, 3, 32, 32))
+    rng = np.random.default_rng(0)
+    prunable = [g for g in graph.groups if not g.frozen]
+
+    def shares(masks: list[np.ndarray]) -> tuple[float, float]:
+        kept = [int(masks[g.id].sum()) for g in prunable]
+        return (np.mean([k == 1 for k in kept]), np.mean([k == g.size for k, g in zip(kept, prunable)]))
+
+    lop = [lopsided_masks(graph, rng) for _ in range(30)]
+    for masks in lop:
+        for g, m in zip(graph.groups, masks):
+            assert m.shape == (g.size,) and 1 <= m.sum() <= g.size
+            assert not g.frozen or m.all()
+    at_one, whole = np.mean([shares(m) for m in lop], axis=0)
+    assert at_one > 0.15 and whole > 0.15
+    assert all(shares(random_masks(graph, rng, 0.3, 1.0))[0] == 0 for _ in range(10))
+    cal = calibration_masks(graph, 9, rng)
+    assert sum(shares(m)[0] > 0 for m in cal) >= 2  # the lopsided third (a scattered draw may miss)
+
+
+# ------------------------------------------------------------------ measured in the loop (synthetic timing)
+def staircase_ms(lm: LatencyModel, net: nn.Module, step: int = 16) -> float:
+    """A fake device: each Conv/Linear costs what ``lm`` predicts for its widths rounded *up* to
+    a multiple of ``step`` (oneDNN's channel blocks; unpruned widths stay); other ops cost their
+    full-width time. So
+    pruned networks, and above all groups cut to one channel, run slower than ``lm`` predicts."""
+    mods = dict(net.named_modules())
+    total = lm.constant + lm.op_scale * sum(op.ms_full for op in lm.ops.values())
+    for fit in lm.layers.values():
+        m = mods[fit.module]
+        n_in, n_out = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
+        n_in, n_out = (n if n == full else -(-n // step) * step
+                       for n, full in ((n_in, fit.in_full), (n_out, fit.out_full)))
+        total += lm.scale * fit.predict(n_in, n_out)
+    return total
+
+
+def resnet56_setup() -> tuple[nn.Module, torch.Tensor, qp.ChannelGraph, LatencyModel]:
+    torch.manual_seed(0)
+    model = zoo.resnet56().eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = qp.trace(model, x)
+    return model, x, graph, synthetic_model(graph, seed=6)
+
+
+def test_plan_with_measured_latency_tightens_until_the_measured_target_is_met(tmp_path) -> None:
+    model, x, graph, lm = resnet56_setup()
+    calls = []
+
+    def measure(full: nn.Module, slim: nn.Module) -> tuple[float, float]:
+        calls.append(1)
+        return staircase_ms(lm, full), staircase_ms(lm, slim)
+
+    assert staircase_ms(lm, model) == pytest.approx(lm.predict(graph, graph.sizes()))
+    oneshot = qp.plan_channels(model, x, qp.Budget(latency=0.6), solver="greedy", latency_model=lm, graph=graph)
+    one_ratio = staircase_ms(lm, qp.slim_model(model, graph, oneshot.masks)) / staircase_ms(lm, model)
+    assert one_ratio > 0.6  # the one-shot plan misses on the fake device
+
+    plan = plan_with_measured_latency(model, x, qp.Budget(latency=0.6), lm, rounds=6, measure=measure,
+                                      solver="greedy", graph=graph)
+    loop = plan.latency_model["measured_loop"]
+    hist = loop["rounds"]
+    assert loop["met"] and loop["chosen_round"] == len(hist) == len(calls) > 1
+    assert loop["requested"] == {"latency": {"fraction": 0.6}} and loop["stop"] == "target met"
+    assert [h["met"] for h in hist] == [False] * (len(hist) - 1) + [True]
+    assert hist[0]["predicted_ms"] == pytest.approx(oneshot.cost["latency"])
+    assert all(b["limit_ms"] < a["limit_ms"] for a, b in zip(hist, hist[1:]))
+    for a, b in zip(hist, hist[1:]):  # tightened by measured / predicted, and a margin of at least 3%
+        assert b["limit_ms"] <= 0.97 * a["predicted_ms"] * a["target_ms"] / a["measured_ms"] * (1 + 1e-9)
+    ratio = staircase_ms(lm, qp.slim_model(model, graph, plan.masks)) / staircase_ms(lm, model)
+    assert ratio <= 0.6 and ratio == pytest.approx(hist[-1]["measured_ratio"])
+    assert plan.cost["latency"] == pytest.approx(hist[-1]["predicted_ms"])
+    assert plan.budget.latency < 0.6 and plan.limits["latency"] == pytest.approx(hist[-1]["limit_ms"])
+    plan.to_json(tmp_path / "plan.json")
+    assert qp.load_plan(str(tmp_path / "plan.json")).latency_model == plan.latency_model
+
+
+def test_plan_with_measured_latency_stops_at_once_when_the_first_plan_meets_the_target() -> None:
+    model, x, graph, lm = resnet56_setup()
+    plan = plan_with_measured_latency(model, x, qp.Budget(latency=0.6, flops=0.9), lm, measure=lambda f, s: (10.0, 5.0),
+                                      solver="greedy", graph=graph)
+    oneshot = qp.plan_channels(model, x, qp.Budget(latency=0.6, flops=0.9), solver="greedy", latency_model=lm,
+                               graph=graph)
+    assert [h["round"] for h in plan.latency_model["measured_loop"]["rounds"]] == [1]
+    assert all(np.array_equal(a, b) for a, b in zip(plan.masks, oneshot.masks))
+    assert plan.budget == oneshot.budget
+
+
+def test_plan_with_measured_latency_returns_the_closest_plan_with_a_warning_when_none_meets() -> None:
+    model, x, graph, lm = resnet56_setup()
+    limit = 0.7 * lm.predict(graph, graph.sizes())
+    seen = iter([2.0, 1.2])  # measured plan / target: round 2 comes closest
+
+    def measure(full: nn.Module, slim: nn.Module) -> tuple[float, float]:
+        return 100.0, limit * next(seen)
+
+    with pytest.warns(UserWarning, match="no plan met the latency target in 2 round"):
+        plan = plan_with_measured_latency(model, x, qp.Budget.absolute(latency=limit), lm, rounds=2,
+                                          measure=measure, solver="greedy", graph=graph)
+    loop = plan.latency_model["measured_loop"]
+    assert not loop["met"] and loop["chosen_round"] == 2 and loop["stop"] == "rounds exhausted"
+    assert loop["rounds"][0]["target_ms"] == pytest.approx(limit)  # absolute: ms, not a fraction
+    assert isinstance(plan.budget.latency, qp.Absolute) and plan.budget.latency.value < limit
+    with pytest.raises(ValueError, match="latency limit"):
+        plan_with_measured_latency(model, x, qp.Budget(flops=0.5), lm, measure=measure, graph=graph)
+    with pytest.raises(ValueError, match="rounds"):
+        plan_with_measured_latency(model, x, qp.Budget(latency=0.5), lm, rounds=0, measure=measure, graph=graph)
