@@ -163,6 +163,16 @@ class GreedyState:
             return gone
         return gone[np.argpartition(-c, k - 1)[:k]]
 
+    def coarse_down(self, g: int, frac: float) -> int | None:
+        """The allowed count of group ``g`` about ``frac`` of its kept channels lower (at
+        least one step; the smallest one below when none is that low): drop's step once the
+        deadline has passed."""
+        lower = self.allowed[g][self.allowed[g] < self.n[g]]
+        if not len(lower):
+            return None
+        far = lower[lower <= self.n[g] - max(1, int(np.ceil(frac * self.n[g])))]
+        return int(far[-1]) if len(far) else int(lower[0])
+
     def feasible(self) -> bool:
         return bool(np.all(self.cost <= self.budget * (1 + 1e-12) + 1e-9))
 
@@ -187,10 +197,15 @@ class GreedyState:
                 self._up[g] = (new, idx, self._gain(g, idx, True))
         return self._up[g]
 
-    def drop(self) -> None:
+    def drop(self, deadline: float = np.inf) -> None:
+        """Remove the cheapest step until every budget holds; past ``deadline``, coarse steps
+        (:meth:`hurry`)."""
         P = self.p.prunable
         scale = np.maximum(self.budget, 1e-300)
         while not self.feasible():
+            if time.perf_counter() > deadline:
+                self.hurry()
+                return
             over = np.maximum(self.cost - self.budget, 0.0) / scale
             steps = [self._down_step(g) for g in P]
             new = self.n.copy()
@@ -206,6 +221,29 @@ class GreedyState:
             score = np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf)
             i = int(np.argmin(score))
             self.toggle(P[i], steps[i][1], keep=False)
+
+    def hurry(self, frac: float = 1 / 32) -> None:
+        """Drop in coarse rounds until every budget holds (the deadline has passed): per round,
+        every group's block of about ``frac`` of its kept channels, applied best first while
+        over budget; ``frac`` doubles each round up to a half, so few rounds remain."""
+        P = self.p.prunable
+        scale = np.maximum(self.budget, 1e-300)
+        while not self.feasible():
+            over = np.maximum(self.cost - self.budget, 0.0) / scale
+            new = np.array([self.coarse_down(g, frac) or -1 for g in P])
+            counts = self.n.copy()
+            counts[P] = np.where(new >= 0, new, self.n[P])
+            weighted = (over[:, None] * -self.delta_all(counts)[:, P] / scale[:, None]).sum(axis=0)
+            blocks = [self.weakest(g, int(self.n[g]) - nw) if nw >= 0 else None for g, nw in zip(P, new)]
+            lost = np.array([-self._gain(g, b, False) if b is not None else 0.0 for g, b in zip(P, blocks)])
+            ok = (new >= 0) & (weighted > 0)
+            if not ok.any():
+                raise RuntimeError("greedy: no channel left to remove but a budget still fails")
+            for i in np.argsort(np.where(ok, lost / np.where(ok, weighted, 1.0), np.inf), kind="stable")[:ok.sum()]:
+                self.toggle(P[i], blocks[i], keep=False)
+                if self.feasible():
+                    return
+            frac = min(2 * frac, 0.5)
 
     def fill(self, deadline: float = np.inf) -> None:
         P = self.p.prunable
@@ -229,10 +267,12 @@ class GreedyState:
             i = int(np.argmax(score))
             self.toggle(P[i], steps[i][1], keep=True)
 
-    def swap_within(self, max_rounds: int = 10000) -> None:
+    def swap_within(self, deadline: float = np.inf, max_rounds: int = 10000) -> None:
         self_pairs = {pr.g: pr.W for pr in self.red.pairs if pr.g == pr.h}
         for g in self.p.prunable:
             for _ in range(max_rounds):
+                if time.perf_counter() > deadline:
+                    return
                 if self.masks[g].all() or not self.masks[g].any():
                     break
                 a = self.weakest(g, 1)[0]
@@ -290,17 +330,28 @@ def _column_codes(hit: np.ndarray) -> np.ndarray:
 
 def _labels(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column of a boolean matrix the rank of its pattern among the distinct columns
-    (ordered by :func:`_column_codes`), and how many columns each pattern has. A bin count
-    replaces the sort when there are few rows (few possible codes)."""
+    (ordered by :func:`_column_codes`), and how many columns each pattern has. With at most 8
+    rows the code is the column's byte and a bin count replaces the sort."""
     if len(hit) == 0 or hit.shape[1] == 0:
         return np.zeros(hit.shape[1], dtype=np.int64), np.array([hit.shape[1]] if hit.shape[1] else [], dtype=np.int64)
-    codes = _column_codes(hit)
-    if len(hit) <= 12:
+    if len(hit) <= 8:
+        codes = np.packbits(hit, axis=0, bitorder="little")[0]
         count = np.bincount(codes)
         present = count > 0
         return (np.cumsum(present) - 1)[codes], count[present]
-    _, label, count = np.unique(codes, return_inverse=True, return_counts=True)
+    _, label, count = np.unique(_column_codes(hit), return_inverse=True, return_counts=True)
     return label.reshape(-1), count
+
+
+def _first_min(key: np.ndarray, label: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per label (``0..len(count)-1``, ``count`` positions each) the first position of its
+    smallest key: a stable sort by label (a radix sort for small labels), the minimum of each
+    run, then the first position of the run that holds it."""
+    order = np.argsort(label.astype(np.uint8) if len(count) <= 256 else label, kind="stable")
+    ks = key[order]
+    starts = np.cumsum(count) - count
+    at_min = np.flatnonzero(ks == np.repeat(np.minimum.reduceat(ks, starts), count))
+    return order[at_min[np.searchsorted(at_min, starts)]]
 
 
 Step = tuple[int, np.ndarray, bool]  # (group, channels, keep): toggle these channels of the group
@@ -351,6 +402,7 @@ class UnionGreedyState(GreedyState):
         self.streams = self._streams(derived)
         self.span = {s: np.array([s, *self.dep[s]]) for s in free}
         self.span_cm = {s: self.Cm[:, self.span[s][:, None], self.span[s][None, :]] for s in free}
+        self.span_linear = {s: not (self.span_cm[s].any() or self.Sq[:, self.span[s]].any()) for s in free}
         self.inner = {s: any(pr.g != pr.h and {pr.g, pr.h} <= set(self.span[s].tolist()) for pr in self.red.pairs)
                       for s in free}
 
@@ -415,8 +467,11 @@ class UnionGreedyState(GreedyState):
         span = self.span[s]
         delta = np.zeros((len(gain), len(self.n)))
         delta[:, span] = span_delta
-        quad = 0.5 * np.einsum("rab,ca,cb->rc", self.span_cm[s], span_delta, span_delta) \
-            + self.Sq[:, span] @ (span_delta ** 2).T
+        if self.span_linear[s]:
+            quad = np.zeros((len(self.cons), len(gain)))
+        else:
+            quad = 0.5 * np.einsum("rab,ca,cb->rc", self.span_cm[s], span_delta, span_delta) \
+                + self.Sq[:, span] @ (span_delta ** 2).T
         return Moves(gain, delta, quad, np.full(len(gain), s), steps)
 
     def _blocks(self, s: int, keep: bool, new: int | None = None) -> Moves:
@@ -429,11 +484,7 @@ class UnionGreedyState(GreedyState):
             return self._table(s, np.zeros((0, len(self.span[s]))), np.zeros(0), lambda i: [])
         k = abs(new - int(self.n[s]))
         chans, value, hit = self._at_stake(s, keep)
-        label, count = _labels(hit)
-        key = -value if keep else value
-        order = np.lexsort((key, label))  # by pattern, the best channel first
-        starts = (np.cumsum(count) - count)[count >= k]
-        pos = order[starts[:, None] + np.arange(k)] if len(starts) else np.argsort(key, kind="stable")[None, :k]
+        pos = self._picks(-value if keep else value, hit, k)
         idx, hits = chans[pos], hit[:, pos].transpose(1, 0, 2)  # (P, k), (P, d, k)
         sign = 1.0 if keep else -1.0
         span_delta = sign * np.concatenate([np.full((len(pos), 1), k), hits.sum(axis=2)], axis=1)
@@ -446,6 +497,22 @@ class UnionGreedyState(GreedyState):
         else:
             gain = np.array([self.exact_gain(self._changes(steps(i))) for i in range(len(pos))])
         return self._table(s, span_delta, gain, steps)
+
+    @staticmethod
+    def _picks(key: np.ndarray, hit: np.ndarray, k: int) -> np.ndarray:
+        """``(P, k)`` positions: per cascade pattern (column of ``hit``) with at least ``k``
+        channels its ``k`` of smallest ``key``, the first on ties; the ``k`` of smallest key
+        over all patterns when none has that many."""
+        if len(hit) == 0:  # one pattern
+            if k == 1:
+                return np.array([[np.argmin(key)]]) if len(key) else np.zeros((0, 1), dtype=np.int64)
+            return np.argsort(key, kind="stable")[None, :k]
+        label, count = _labels(hit)
+        if k == 1:
+            return _first_min(key, label, count)[:, None]
+        order = np.lexsort((key, label))  # by pattern, the best channel first
+        starts = (np.cumsum(count) - count)[count >= k]
+        return order[starts[:, None] + np.arange(k)] if len(starts) else np.argsort(key, kind="stable")[None, :k]
 
     def _swaps(self, s: int, admit: Callable[[np.ndarray, np.ndarray], bool]) -> Moves:
         """Swaps in free group ``s`` (its count stays): per pair of a kept channel's pattern
@@ -575,26 +642,62 @@ class UnionGreedyState(GreedyState):
         self._up.clear()
 
     # ------------------------------------------------------------------ phases
-    def drop(self) -> None:
+    def drop(self, deadline: float = np.inf) -> None:
+        """Apply the cheapest drop block until every budget holds, taking drop's ways out
+        when none saves cost; past ``deadline``, coarse rounds (:meth:`hurry`)."""
+        scale = np.maximum(self.budget, 1e-300)
+        while not self.feasible():
+            if time.perf_counter() > deadline:
+                self.hurry()
+                return
+            over = np.maximum(self.cost - self.budget, 0.0) / scale
+            moves = self.moves(keep=False)
+            scores = self._drop_scores(moves, over, scale)
+            if np.isfinite(scores).any():
+                self.apply(moves.steps(int(np.argmin(scores))))
+            else:
+                self._way_out(moves, over, scale)
+
+    def hurry(self, frac: float = 1 / 32) -> None:
+        """Drop in coarse rounds until every budget holds (the deadline has passed): per round,
+        every free group's blocks of about ``frac`` of its kept channels, applied best first,
+        one per group and derived group (so each cascade stays exact), while over budget;
+        ``frac`` doubles each round up to a half, so few rounds remain."""
         scale = np.maximum(self.budget, 1e-300)
         while not self.feasible():
             over = np.maximum(self.cost - self.budget, 0.0) / scale
-            moves = self.moves(keep=False)
-            if not (self._apply_best_drop(moves, over, scale) or self._apply_best_drop(self.aligning_swaps(), over, scale)
-                    or self.nest() or self._enabling_drop(moves, over / scale)):
-                raise RuntimeError("greedy: no channel left to remove but a budget still fails")
+            moves = _join([self._blocks(s, False, self.coarse_down(s, frac)) for s in self.p.free])
+            scores = self._drop_scores(moves, over, scale)
+            if not np.isfinite(scores).any():
+                self._way_out(self.moves(keep=False), over, scale)
+                continue
+            moved: set[int] = set()
+            for i in np.argsort(scores, kind="stable")[:np.isfinite(scores).sum()]:
+                span = {int(moves.owner[i]), *self.dep[int(moves.owner[i])]}
+                if not span & moved:
+                    self.apply(moves.steps(int(i)))
+                    moved |= span
+                    if self.feasible():
+                        return
+            frac = min(2 * frac, 0.5)
 
-    def _apply_best_drop(self, moves: Moves, over: np.ndarray, scale: np.ndarray) -> bool:
-        """Apply the move losing the least importance per weighted cost saved; returns whether
-        one saves."""
+    def _way_out(self, moves: Moves, over: np.ndarray, scale: np.ndarray) -> None:
+        """When no drop block saves cost: the best aligning swap, else re-nesting the streams,
+        else an enabling drop; raises when none is left."""
+        swaps = self.aligning_swaps()
+        scores = self._drop_scores(swaps, over, scale)
+        if np.isfinite(scores).any():
+            self.apply(swaps.steps(int(np.argmin(scores))))
+        elif not (self.nest() or self._enabling_drop(moves, over / scale)):
+            raise RuntimeError("greedy: no channel left to remove but a budget still fails")
+
+    def _drop_scores(self, moves: Moves, over: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Per move the importance lost per weighted cost saved; inf when it saves nothing."""
         if not len(moves):
-            return False
+            return np.zeros(0)
         weighted = (over[:, None] * -self.cost_change(moves) / scale[:, None]).sum(axis=0)
         ok = weighted > 0
-        if not ok.any():
-            return False
-        self.apply(moves.steps(int(np.argmin(np.where(ok, -moves.gain / np.where(ok, weighted, 1.0), np.inf)))))
-        return True
+        return np.where(ok, -moves.gain / np.where(ok, weighted, 1.0), np.inf)
 
     def fill(self, deadline: float = np.inf) -> None:
         scale = np.maximum(self.budget, 1e-300)
@@ -611,11 +714,13 @@ class UnionGreedyState(GreedyState):
             score = np.where(used > 0, moves.gain / np.where(used > 0, used, 1.0), np.inf)
             self.apply(moves.steps(int(np.argmax(np.where(ok, score, -np.inf)))))
 
-    def swap_within(self, max_rounds: int = 10000) -> None:
+    def swap_within(self, deadline: float = np.inf, max_rounds: int = 10000) -> None:
         """Per free group, apply the best cost-neutral swap (equal patterns: every count
-        stays) while one raises the objective."""
+        stays) while one raises the objective (and ``deadline`` has not passed)."""
         for s in self.p.free:
             for _ in range(max_rounds):
+                if time.perf_counter() > deadline:
+                    return
                 swaps = self._swaps(s, np.array_equal)
                 if not len(swaps):
                     break
@@ -661,11 +766,11 @@ def greedy_state(problem: ChannelProblem, time_limit: float = 10.0, red: Reduced
     deadline = time.perf_counter() + max(time_limit, 0.0)
     unions = any(not problem.frozen[v] for v in problem.union_order)
     st = UnionGreedyState(problem, red) if unions else GreedyState(problem, red)
-    st.drop()
-    st.fill()
-    st.swap_within()
+    st.drop(deadline)
+    st.fill(deadline)
+    st.swap_within(deadline)
     st.swap_across(deadline)
-    st.swap_within()
+    st.swap_within(deadline)
     return st
 
 

@@ -1,6 +1,7 @@
 """Union-aware greedy: complete, feasible masks on random residual problems with union
 coupling, never above and mostly at the exhaustive optimum, exploits union coupling on
-hand-built instances, and leaves the non-union path unchanged (torch-free)."""
+hand-built instances, keeps its cached candidates exact, meets budgets when the deadline has
+passed, and leaves the non-union path unchanged (torch-free)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from qcqp_prune.solvers import (BilinearTerm, ChannelProblem, LinearTerm, QuadraticCost, ResourceConstraint,
                                 UnionConstraint, solve_channels)
-from qcqp_prune.solvers.greedy import UnionGreedyState, greedy_masks, greedy_state
+from qcqp_prune.solvers.greedy import GreedyState, UnionGreedyState, greedy_masks, greedy_state
 from union_problems import union_problems
 
 SETTINGS = settings(max_examples=220, deadline=None, derandomize=True,
@@ -153,3 +154,91 @@ def test_validating_a_union_problem_twice_gives_the_same_frozen_groups():
     assert dataclasses.replace(chained).frozen == chained.frozen
     output = ChannelProblem(sizes=(2, 2, 2), frozen=(False, False, True), unions=(UnionConstraint(2, (0, 1)),))
     assert output.frozen == (True, True, True)
+
+
+class _Checked(UnionGreedyState):
+    """Union greedy that, after every move, compares each cached candidate table with one
+    built afresh from the state."""
+
+    def apply(self, steps) -> None:
+        super().apply(steps)
+        for cache, keep in ((self._down, False), (self._up, True)):
+            for s, table in cache.items():
+                fresh = self._blocks(s, keep)
+                assert np.array_equal(table.delta, fresh.delta) and np.array_equal(table.quad, fresh.quad)
+                assert np.array_equal(table.gain, fresh.gain)
+                for i in range(len(fresh)):
+                    assert [(g, list(idx), k) for g, idx, k in table.steps(i)] == \
+                        [(g, list(idx), k) for g, idx, k in fresh.steps(i)]
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(union_problems())
+def test_cached_candidates_stay_exact(p: ChannelProblem):
+    """A move forgets only the candidates it changed: every cached table equals a fresh one
+    after every move of every phase."""
+    if not any(not p.frozen[v] for v in p.union_order):
+        return
+    st = _Checked(p)
+    st.drop()
+    st.fill()
+    st.swap_within()
+    st.swap_across(np.inf)
+    _check_state(p, st)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(union_problems())
+def test_past_the_deadline_the_plan_still_meets_the_budgets(p: ChannelProblem):
+    """With no time at all, drop takes coarse rounds and every other phase stops at once:
+    the plan is still complete and feasible, with an exact tracked state."""
+    st = greedy_state(p, time_limit=0.0)
+    if isinstance(st, UnionGreedyState):
+        _check_state(p, st)
+    assert p.feasible(st.masks)
+
+
+def _bottlenecks(seed: int, blocks: int, width: int, frac: float) -> ChannelProblem:
+    """A residual stage of ``blocks`` bottlenecks (stem -> mid -> mid -> branch, branch OR
+    stream -> next stream) behind a frozen input, ahead of a frozen head; FLOPs at ``frac``."""
+    rng = np.random.default_rng(seed)
+    sizes, frozen, pairs, unions = [3, 4 * width], [True, False], [(1, 0)], []
+    stream = 1
+    for _ in range(blocks):
+        first, second, branch, out = range(len(sizes), len(sizes) + 4)
+        sizes += [width, width, 4 * width, 4 * width]
+        frozen += [False] * 4
+        pairs += [(first, stream), (second, first), (branch, second)]
+        unions.append(UnionConstraint(out, (stream, branch)))
+        stream = out
+    sizes.append(10)
+    frozen.append(True)
+    pairs.append((len(sizes) - 1, stream))
+    bil = tuple(BilinearTerm(g, h, rng.random((sizes[g], sizes[h]))) for g, h in pairs)
+    cost = QuadraticCost({(min(g, h), max(g, h)): 9.0 for g, h in pairs})
+    return ChannelProblem(tuple(sizes), tuple(frozen), bilinear=bil, unions=tuple(unions),
+                          constraints=(ResourceConstraint("flops", cost, frac * cost.evaluate(sizes)),))
+
+
+@pytest.mark.parametrize("frac", [0.2, 0.5])
+def test_coarse_drop_on_a_residual_stage(frac: float):
+    """Coarse rounds (past the deadline) on a few hundred channels: a complete, feasible
+    plan with an exact tracked state."""
+    p = _bottlenecks(0, blocks=3, width=16, frac=frac)
+    st = greedy_state(p, time_limit=0.0)
+    assert isinstance(st, UnionGreedyState)
+    _check_state(p, st)
+
+
+@pytest.mark.parametrize("seed", sorted(_BEFORE))
+def test_non_union_coarse_drop_meets_the_budget(seed: int):
+    """The shared (non-union) greedy past its deadline: coarse drop rounds, still feasible,
+    with exact tracked counts, costs and objective."""
+    p = _chain(seed)
+    st = greedy_state(p, time_limit=0.0)
+    assert type(st) is GreedyState and p.feasible(st.masks)
+    assert np.array_equal(st.n, p.counts(st.masks))
+    assert st.obj == pytest.approx(p.objective(st.masks), rel=1e-9, abs=1e-9)
+    assert st.cost == pytest.approx([c.cost.evaluate(st.n) for c in p.constraints], rel=1e-9, abs=1e-9)
