@@ -374,9 +374,15 @@ class Moves:
         return len(self.gain)
 
 
+def _offsets(tables: list[Moves]) -> np.ndarray:
+    """Where each table's moves start in the joined table (and, last, where they end)."""
+    return np.cumsum([0] + [len(t) for t in tables])
+
+
 def _join(tables: list[Moves]) -> Moves:
-    """The moves of several tables as one table (in order)."""
-    offsets = np.cumsum([0] + [len(t) for t in tables])
+    """The moves of several tables as one table (in order); its toggles are read from
+    ``tables`` when asked for, so replacing a table in that list replaces its moves' toggles."""
+    offsets = _offsets(tables)
 
     def steps(i: int) -> list[Step]:
         j = int(np.searchsorted(offsets, i, side="right")) - 1
@@ -392,8 +398,9 @@ class UnionGreedyState(GreedyState):
 
     def __init__(self, problem: ChannelProblem, red: Reduced | None = None) -> None:
         super().__init__(problem, red)
-        free = problem.free
+        self.free = free = problem.free
         derived = [v for v in problem.union_order if not problem.frozen[v]]
+        self._joined: dict[bool, tuple[Moves, list[Moves], np.ndarray]] = {}  # per direction: joined table, its parts
         self.dep = {s: [v for v in derived if s in problem.sources(v)] for s in free}
         self.cover = {v: np.full(problem.sizes[v], len(problem.sources(v)), dtype=np.int64) for v in derived}
         self.derived_partners = {g: {h for pr in self.pairs_of[g] for h in (pr.g, pr.h) if h in self.cover}
@@ -533,12 +540,23 @@ class UnionGreedyState(GreedyState):
 
     def moves(self, keep: bool) -> Moves:
         """Every free group's drop (fill when ``keep``) blocks, cached per group until a move
-        affects the group."""
+        affects the group. The joined table is kept too: the rows of the groups rebuilt since
+        are rewritten in place when they have as many moves as before, else it is joined anew."""
         cache = self._up if keep else self._down
-        for s in self.p.free:
-            if s not in cache:
-                cache[s] = self._blocks(s, keep)
-        return _join([cache[s] for s in self.p.free])
+        rebuilt = [i for i, s in enumerate(self.free) if s not in cache]
+        for i in rebuilt:
+            cache[self.free[i]] = self._blocks(self.free[i], keep)
+        if keep in self._joined:
+            moves, tables, offsets = self._joined[keep]
+            if all(len(cache[self.free[i]]) == offsets[i + 1] - offsets[i] for i in rebuilt):
+                for i in rebuilt:
+                    tables[i] = table = cache[self.free[i]]
+                    rows = slice(offsets[i], offsets[i + 1])
+                    moves.gain[rows], moves.delta[rows], moves.quad[:, rows] = table.gain, table.delta, table.quad
+                return moves
+        tables = [cache[s] for s in self.free]
+        self._joined[keep] = (_join(tables), tables, _offsets(tables))
+        return self._joined[keep][0]
 
     def aligning_swaps(self) -> Moves:
         """Swaps that align a free group with the other sources of a derived group (the
@@ -546,7 +564,7 @@ class UnionGreedyState(GreedyState):
         they lower counts without dropping a channel of the group, drop's first way out
         when no block saves cost (e.g. sources at their smallest counts keeping different
         channels)."""
-        return _join([self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R))) for s in self.p.free])
+        return _join([self._swaps(s, lambda K, R: bool(np.all(R <= K) and np.any(K > R))) for s in self.free])
 
     def cost_change(self, moves: Moves) -> np.ndarray:
         """``(R, C)``: exact change of cost ``r`` if move ``c`` alone were applied,
@@ -617,13 +635,14 @@ class UnionGreedyState(GreedyState):
         self.rebuild(masks)
         return bool(np.any(self.n < before))
 
-    def _enabling_drop(self, moves: Moves, weight: np.ndarray) -> bool:
+    def _enabling_drop(self, weight: np.ndarray) -> bool:
         """Apply the cheapest drop block of a source of a derived group whose count costs
         (under the resource ``weight``), though it saves nothing yet: the first of the drops
         that kill a stream channel in every source. Drop's last way out; returns whether one
         was applied."""
         n = self.n.astype(np.float64)
         marginal = weight @ (np.einsum("rgh,h->rg", self.Cm, n) + 2.0 * self.Sq * n + self.Li)
+        moves = self.moves(keep=False)
         ok = np.array([any(marginal[v] > 0 for v in self.dep[s]) for s in moves.owner], dtype=bool)
         if not ok.any():
             return False
@@ -640,6 +659,7 @@ class UnionGreedyState(GreedyState):
         self.obj = self.red.objective(self.masks)
         self._down.clear()
         self._up.clear()
+        self._joined.clear()
 
     # ------------------------------------------------------------------ phases
     def drop(self, deadline: float = np.inf) -> None:
@@ -656,7 +676,7 @@ class UnionGreedyState(GreedyState):
             if np.isfinite(scores).any():
                 self.apply(moves.steps(int(np.argmin(scores))))
             else:
-                self._way_out(moves, over, scale)
+                self._way_out(over, scale)
 
     def hurry(self, frac: float = 1 / 32) -> None:
         """Drop in coarse rounds until every budget holds (the deadline has passed): per round,
@@ -666,10 +686,10 @@ class UnionGreedyState(GreedyState):
         scale = np.maximum(self.budget, 1e-300)
         while not self.feasible():
             over = np.maximum(self.cost - self.budget, 0.0) / scale
-            moves = _join([self._blocks(s, False, self.coarse_down(s, frac)) for s in self.p.free])
+            moves = _join([self._blocks(s, False, self.coarse_down(s, frac)) for s in self.free])
             scores = self._drop_scores(moves, over, scale)
             if not np.isfinite(scores).any():
-                self._way_out(self.moves(keep=False), over, scale)
+                self._way_out(over, scale)
                 continue
             moved: set[int] = set()
             for i in np.argsort(scores, kind="stable")[:np.isfinite(scores).sum()]:
@@ -681,14 +701,14 @@ class UnionGreedyState(GreedyState):
                         return
             frac = min(2 * frac, 0.5)
 
-    def _way_out(self, moves: Moves, over: np.ndarray, scale: np.ndarray) -> None:
+    def _way_out(self, over: np.ndarray, scale: np.ndarray) -> None:
         """When no drop block saves cost: the best aligning swap, else re-nesting the streams,
         else an enabling drop; raises when none is left."""
         swaps = self.aligning_swaps()
         scores = self._drop_scores(swaps, over, scale)
         if np.isfinite(scores).any():
             self.apply(swaps.steps(int(np.argmin(scores))))
-        elif not (self.nest() or self._enabling_drop(moves, over / scale)):
+        elif not (self.nest() or self._enabling_drop(over / scale)):
             raise RuntimeError("greedy: no channel left to remove but a budget still fails")
 
     def _drop_scores(self, moves: Moves, over: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -717,7 +737,7 @@ class UnionGreedyState(GreedyState):
     def swap_within(self, deadline: float = np.inf, max_rounds: int = 10000) -> None:
         """Per free group, apply the best cost-neutral swap (equal patterns: every count
         stays) while one raises the objective (and ``deadline`` has not passed)."""
-        for s in self.p.free:
+        for s in self.free:
             for _ in range(max_rounds):
                 if time.perf_counter() > deadline:
                     return
@@ -737,6 +757,7 @@ class UnionGreedyState(GreedyState):
         base, cover, down, up = snap
         super().restore(base)
         self.cover, self._down, self._up = cover, down, up
+        self._joined.clear()
 
     def swap_across(self, deadline: float, max_passes: int = 3) -> None:
         """Per free group, try its drop blocks one by one followed by a fill; keep the first
@@ -744,7 +765,7 @@ class UnionGreedyState(GreedyState):
         best_obj = self.obj
         for _ in range(max_passes):
             improved = False
-            for s in self.p.free:
+            for s in self.free:
                 blocks = self._blocks(s, keep=False)
                 for i in range(len(blocks)):
                     if time.perf_counter() > deadline:
