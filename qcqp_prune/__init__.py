@@ -22,7 +22,7 @@ from .cost import RESOURCES, cost_model, evaluate_costs
 from .graph.channel_graph import ChannelGraph, ChannelGroup, Member, PrunableLayer, build_channel_graph
 from .graph.trace import TraceError
 from .importance import CRITERIA
-from .latency import LatencyModel, fit_latency, measure_latency
+from .latency import LatencyModel, fit_latency, measure_latency, plan_with_measured_latency
 from .plan import PruningPlan, plan_channels
 from .solvers.problem import QuadraticCost
 from .solvers.result import InfeasibleBudgetError
@@ -59,7 +59,7 @@ def load_plan(path: str) -> PruningPlan:
 
 
 __all__ = [
-    "Absolute", "Budget", "CRITERIA", "LatencyModel", "fit_latency", "measure_latency", "PruningPlan", "load_plan", "plan_channels",
+    "Absolute", "Budget", "CRITERIA", "LatencyModel", "fit_latency", "measure_latency", "plan_with_measured_latency", "PruningPlan", "load_plan", "plan_channels",
     "ChannelGraph", "ChannelGroup", "ChannelMask", "Member", "PrunableLayer", "QuadraticCost",
     "InfeasibleBudgetError", "RESOURCES", "TraceError", "bake_masks", "cost_model", "evaluate_costs", "mask_model",
     "slim_model", "trace", "validate_masks",

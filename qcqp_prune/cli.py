@@ -112,6 +112,8 @@ def cmd_plan(args) -> int:
     budget = make_budget(args)
     if args.latency is not None and not args.latency_model:
         raise UsageError("--latency needs --latency-model (fit one with `qcqp-prune latency fit`)")
+    if args.measured_rounds and args.latency is None:
+        raise UsageError("--measured-rounds needs a --latency budget (it measures the plan's latency)")
     model = load_model(args.model)
     x = _inputs(args)
     latency_model = qp.LatencyModel.load(args.latency_model) if args.latency_model else None
@@ -122,10 +124,13 @@ def cmd_plan(args) -> int:
           f"in {time.perf_counter() - t0:.1f}s; solving with {args.solver} (time limit {args.time_limit:g}s) ...",
           file=sys.stderr, flush=True)
     progress = _progress(not args.quiet)
-    plan = qp.plan_channels(model, x, budget, importance=args.importance, solver=args.solver, coupling=args.coupling,
-                            time_limit=args.time_limit, seed=args.seed, graph=graph,
-                            latency_model=latency_model, progress=progress,
-                            **({"gap_limit": args.gap_limit} if args.solver in ("cpsat", "mip") else {}))
+    options = dict(importance=args.importance, solver=args.solver, coupling=args.coupling,
+                   time_limit=args.time_limit, seed=args.seed, graph=graph, progress=progress,
+                   **({"gap_limit": args.gap_limit} if args.solver in ("cpsat", "mip") else {}))
+    if args.measured_rounds:  # plan, slim, measure on this machine, re-plan tighter until it meets the target
+        plan = qp.plan_with_measured_latency(model, x, budget, latency_model, rounds=args.measured_rounds, **options)
+    else:
+        plan = qp.plan_channels(model, x, budget, latency_model=latency_model, **options)
     if progress is not None:
         progress.final(plan.objective, plan.bound, plan.wall_time)
     print(plan.summary())
@@ -195,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{k}", type=float, help=f"{k} budget: a fraction in (0, 1] or an absolute value > 1")
     p.add_argument("--latency", type=float, help="latency budget: fraction, or milliseconds > 1 (needs --latency-model)")
     p.add_argument("--latency-model", help="a latency model JSON from `qcqp-prune latency fit`")
+    p.add_argument("--measured-rounds", type=int, default=0,
+                   help="with --latency: measure the slimmed plan on this machine and re-plan with a tighter "
+                        "limit until it meets the target, at most this many plans (default 0: one-shot)")
     p.add_argument("--solver", default="cpsat", choices=["cpsat", "mip", "greedy", "relaxation"])
     p.add_argument("--importance", default="l2", choices=["l2", "l1", "bn_scale"])
     p.add_argument("--time-limit", type=float, default=30.0)

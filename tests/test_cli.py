@@ -134,6 +134,8 @@ def test_usage_errors_exit_2_and_other_errors_exit_1_with_one_line(tmp_path, cap
     assert code == 2 and "--time-limit" in err
     code, err = run("plan", *MODEL, "--latency", "0.5")
     assert code == 2 and "--latency-model" in err
+    code, err = run("plan", *MODEL, "--flops", "0.5", "--measured-rounds", "3")
+    assert code == 2 and "--measured-rounds needs a --latency budget" in err
     code, err = run("frobnicate")
     assert code == 2
     torch.save({"not": "a model"}, tmp_path / "state.pt")
@@ -143,3 +145,18 @@ def test_usage_errors_exit_2_and_other_errors_exit_1_with_one_line(tmp_path, cap
     code, err = run("apply", str(tmp_path / "bad.json"), "--model", "zoo:resnet20", "--out", str(tmp_path / "x.pt"))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "truncated" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_plan_with_a_latency_budget_measured_in_the_loop(tmp_path):
+    """`plan --latency F --latency-model M --measured-rounds N` measures the slimmed plan on this
+    machine and records every round in the plan file (no timing is asserted)."""
+    import qcqp_prune as qp
+    model, x = zoo.resnet20().eval(), torch.randn(1, 3, 32, 32)
+    lm = qp.fit_latency(model, x, samples_per_layer=4, repeats=1, passes=1, calibrate=2, calibrate_repeats=3,
+                        progress=False)
+    lm.save(str(tmp_path / "lm.json"))
+    r = finish(start("plan", *MODEL, "--latency", "0.7", "--latency-model", str(tmp_path / "lm.json"),
+                     "--measured-rounds", "2", "--solver", "greedy", "--out", str(tmp_path / "plan.json"), "--quiet"))
+    assert r.returncode == 0, r.stderr
+    loop = json.loads((tmp_path / "plan.json").read_text())["latency_model"]["measured_loop"]
+    assert 1 <= len(loop["rounds"]) <= 2 and all(x["measured_ms"] > 0 for x in loop["rounds"])
