@@ -21,6 +21,12 @@ within a group pair channels of the same pattern, which keeps every count, hence
 When no drop block saves cost (sources keeping different channels at their smallest
 counts), drop tries swaps that align a source with the others, then re-nests every stream's
 sources on one channel ranking, then a drop that only prepares killing a stream channel.
+Each free group's candidates are cached as a table until a move changes them (its own or a
+neighbour's contribution, a cover it depends on, a derived contribution it relies on), and
+the tables stay joined for scoring.
+
+Every phase stops at the deadline (``time_limit``) except drop, which must end within budget:
+past the deadline it switches to coarse rounds (blocks of a growing share of each group).
 """
 
 from __future__ import annotations
