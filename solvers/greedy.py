@@ -803,5 +803,21 @@ def greedy_state(problem: ChannelProblem, time_limit: float = 10.0, red: Reduced
 
 def greedy_masks(problem: ChannelProblem, time_limit: float = 10.0, red: Reduced | None = None) -> list[np.ndarray]:
     """Greedy drop / fill / swap; returns masks that meet every budget (complete: derived
-    groups are the OR of their inputs)."""
-    return greedy_state(problem, time_limit, red).masks
+    groups are the OR of their inputs).
+
+    With unions the greedy on the shared-coupling problem runs too (any shared plan is a union
+    plan), and the better plan is returned: the union greedy's cascade moves can lose to it."""
+    start = time.perf_counter()
+    masks = greedy_state(problem, time_limit, red).masks
+    if not any(not problem.frozen[v] for v in problem.derived):
+        return masks
+    from .coupling import expand_shared, shared_coupling
+    shared, new = shared_coupling(problem)
+    try:
+        other = expand_shared(greedy_masks(shared, max(0.0, time_limit - (time.perf_counter() - start))), new)
+    except (RuntimeError, ValueError):  # shared coupling cannot meet the budgets at all
+        return masks
+    other = problem.complete(other)
+    if problem.feasible(other) and problem.objective(other) > problem.objective(masks):
+        return other
+    return masks

@@ -242,3 +242,22 @@ def test_non_union_coarse_drop_meets_the_budget(seed: int):
     assert np.array_equal(st.n, p.counts(st.masks))
     assert st.obj == pytest.approx(p.objective(st.masks), rel=1e-9, abs=1e-9)
     assert st.cost == pytest.approx([c.cost.evaluate(st.n) for c in p.constraints], rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(union_problems())
+def test_union_greedy_is_never_below_the_shared_greedy(problem):
+    """Any shared plan is a union plan, so the union greedy (which also runs the shared one)
+    never returns less importance than the greedy under shared coupling."""
+    from qcqp_prune.solvers.coupling import expand_shared, shared_coupling
+    shared, new = shared_coupling(problem)
+    try:
+        shared_masks = greedy_masks(shared)
+    except (RuntimeError, ValueError):
+        return  # shared coupling cannot meet these budgets; union coupling can
+    lifted = problem.complete(expand_shared(shared_masks, new))
+    assert problem.feasible(lifted)
+    masks = greedy_masks(problem)
+    assert problem.feasible(masks)
+    assert problem.objective(masks) >= problem.objective(lifted) - 1e-9 * max(1.0, abs(problem.objective(lifted)))

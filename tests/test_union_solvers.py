@@ -15,7 +15,8 @@ from qcqp_prune.solvers import (BilinearTerm, ChannelProblem, InfeasibleBudgetEr
 from qcqp_prune.solvers.bounds import CountBound, count_bound, make_buckets
 from qcqp_prune.solvers.reduced import reduce_problem
 
-from union_problems import shared_version, union_problems
+from qcqp_prune.solvers.coupling import shared_coupling
+from union_problems import union_problems
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -122,7 +123,7 @@ def test_union_count_tables_allow_every_realizable_count_combination(size, k, ne
 @SETTINGS
 @given(union_problems())
 def test_union_optimum_is_never_below_the_shared_optimum(problem):
-    shared, new = shared_version(problem)
+    shared, new = shared_coupling(problem)
     try:
         merged = solve_channels(shared, "exhaustive")
     except InfeasibleBudgetError:  # merging can force a round_to / min_keep no plan affords
@@ -149,7 +150,7 @@ def _two_sources(size: int = 3) -> ChannelProblem:
 
 def test_union_keeps_more_than_shared_coupling_on_two_sources():
     p = _two_sources()
-    shared, _ = shared_version(p)
+    shared, _ = shared_coupling(p)
     union = solve_channels(p, "cpsat", time_limit=10.0)
     assert union.status is Status.OPTIMAL and union.gap <= 1e-9
     assert union.objective == pytest.approx(22.0)
