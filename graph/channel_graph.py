@@ -219,6 +219,14 @@ def build_channel_graph(
         raise ValueError(f"coupling={coupling!r} must be 'shared' (adds share one keep-mask) or 'union' "
                          f"(a channel of a sum is kept when any operand keeps it)")
     inputs = _as_tuple(example_inputs)
+    adapters = [name for name, m in model.named_modules() if getattr(m, "qcqp_stream_adapter", False)]
+    if adapters:  # its hooks widen tensors behind the modules' backs: the groups would be wrong
+        raise ValueError(
+            f"the model was slimmed with union coupling: {len(adapters)} modules carry stream adapters "
+            f"(e.g. `{adapters[0]}`) that gather and scatter channels of residual streams in forward "
+            f"hooks, so its modules compute fewer channels than its tensors carry and it cannot be "
+            f"traced again; make the next plan on the original (or a masked) model, or slim with "
+            f"coupling='shared' a model you mean to prune again")
     gm = symbolic_trace(model, leaf_modules)
     info, _ = record(gm, inputs)
     prop = Propagator(gm, info, coupling).run()

@@ -505,6 +505,9 @@ class Propagator:
             if union is not None:
                 self.p.layouts[node.name] = union
                 return
+            # refreshed in case groups were split on the way (the merge must see the pieces)
+            tracked = [(d, None if lay is None else self.layout_now(lay), inp) for d, lay, inp in tracked]
+            base = next(lay for d, lay, _ in tracked if lay is not None)
         for d, lay, inp in tracked:
             if lay is None:
                 shp = self.shape(inp)
@@ -560,33 +563,50 @@ class Propagator:
     def refine_to_common(self, lays: list[Layout]) -> bool:
         """Split groups so that every operand of an add has the same segment boundaries
         (e.g. a conv output added to a concatenation): each piece becomes a group of its own.
-        Only plain (block 1), not yet coupled groups are split; False if that is not enough."""
+        Only plain (block 1), not yet coupled groups are split; False if that is not enough.
+
+        The cuts are planned before anything is split (a group split for one occurrence is
+        split at every occurrence, which can add cuts elsewhere: iterate to a fixed point),
+        so a False leaves the table and every recorded layout untouched."""
         if any(s.block != 1 for lay in lays for s in lay.segments):
             return False
-        cuts: set[int] = set()
-        for lay in lays:
-            pos = 0
-            for s in lay.segments:
-                pos += self.t.size(s.group)
-                cuts.add(pos)
+        occurrences = [[(self.t.find(s.group), self.t.size(s.group)) for s in lay.segments] for lay in lays]
+        cuts_of: dict[int, set[int]] = {}  # root -> cut offsets inside it
+        while True:
+            bounds: set[int] = set()
+            for occ in occurrences:
+                pos = 0
+                for root, size in occ:
+                    bounds.update(pos + c for c in cuts_of.get(root, ()))
+                    pos += size
+                    bounds.add(pos)
+            changed = False
+            for occ in occurrences:
+                pos = 0
+                for root, size in occ:
+                    inner = {c - pos for c in bounds if pos < c < pos + size}
+                    if not inner <= cuts_of.get(root, set()):
+                        cuts_of.setdefault(root, set()).update(inner)
+                        changed = True
+                    pos += size
+            if not changed:
+                break
+        if not cuts_of:
+            return False  # nothing to split: the segments differ in a way splitting cannot fix
         coupled = {self.t.find(g) for g, ins, _ in self.p.unions for g in (g, *ins)}
-        for lay in lays:
-            pos = 0
-            for s in lay.segments:
-                root, size = self.t.find(s.group), self.t.size(s.group)
-                inner = sorted(c - pos for c in cuts if pos < c < pos + size)
-                if inner:
-                    if root in coupled or root in self.pieces:
-                        return False
-                    bounds = [0, *inner, size]
-                    rec = self.t.records[root]
-                    self.pieces[root] = [self.t.new(f"{rec.name}[{a}:{b}]", b - a) for a, b in zip(bounds, bounds[1:])]
-                    for p in self.pieces[root]:
-                        self.t.records[p].reasons.extend(rec.reasons)
-                    self.t.dead.add(root)
-                pos += size
+        if any(root in coupled or root in self.pieces for root in cuts_of):
+            return False
+        for root, cuts in cuts_of.items():
+            size = self.t.size(root)
+            edges = [0, *sorted(cuts), size]
+            rec = self.t.records[root]
+            self.pieces[root] = [self.t.new(f"{rec.name}[{a}:{b}]", b - a) for a, b in zip(edges, edges[1:])]
+            for p in self.pieces[root]:
+                self.t.records[p].reasons.extend(rec.reasons)
+            self.t.dead.add(root)
         self.apply_pieces()
-        return True
+        return all(self.t.same_structure(self.layout_now(lays[0]).segments, self.layout_now(lay).segments)
+                   for lay in lays[1:])
 
     def apply_pieces(self) -> None:
         """Rewrite every recorded layout, claim and cost term in terms of split groups' pieces."""

@@ -118,11 +118,11 @@ def settle_unions(t: GroupTable, recorded: list[tuple[int, tuple[int, ...], str]
     result.derived = dict(rel)
     for members in nx.connected_components(nx.Graph([(o, i) for o, ins in rel.items() for i in ins])):
         sources = {g for g in members if g not in rel}
-
-        def src(g: int) -> set[int]:
-            return {g} if g not in rel else set().union(*(src(i) for i in rel[g]))
-
-        carrier = next((o for o in sorted(members) if o in rel and src(o) == sources), None)
+        src: dict[int, frozenset[int]] = {}  # each sum's sources, memoized (sums share operands)
+        for o in order:
+            if o in members and o in rel:
+                src[o] = frozenset().union(*(src.get(i, (i,)) for i in rel[o]))
+        carrier = next((o for o in sorted(members) if o in rel and src[o] == sources), None)
         if carrier is None:  # no single sum covers the class: a group for the stream's full width
             first = min(members)
             carrier = t.new(f"stream:{t.records[first].name}", t.size(first))

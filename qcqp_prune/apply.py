@@ -46,6 +46,8 @@ class StreamAdapter(nn.Module):
     """Gathers the channels a module reads from a union-coupled stream (forward pre-hook) and
     scatters the channels it computes into the stream's width (forward hook)."""
 
+    qcqp_stream_adapter = True  # the tracer refuses models carrying these (see build_channel_graph)
+
     def __init__(self, gather: tuple[int, np.ndarray] | None, scatter: tuple[int, np.ndarray, int] | None) -> None:
         super().__init__()
         self.gather_dim = None if gather is None else gather[0]

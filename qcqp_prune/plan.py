@@ -157,7 +157,12 @@ def _per_group(value: Any, graph: ChannelGraph, what: str, default: Any) -> list
     if isinstance(value, Mapping):
         out = [default] * len(graph.groups)
         for k, v in value.items():
-            out[graph.group(k).id] = v
+            g = graph.group(k)
+            if g.union_of and v is not None and v != default:
+                raise ValueError(f"{what}={{{k!r}: {v!r}}}: group {g.name!r} is a sum under union coupling "
+                                 f"(the OR of {[graph.groups[i].name for i in g.union_of]}); its channels "
+                                 f"follow its operands, so set {what} on those groups instead")
+            out[g.id] = v
         return out
     return [value] * len(graph.groups)
 

@@ -248,6 +248,10 @@ class ChannelProblem:
         object.__setattr__(self, "frozen", tuple(frozen))
         object.__setattr__(self, "_derived", derived)
         object.__setattr__(self, "_union_order", tuple(order))
+        sources: dict[int, frozenset[int]] = {}  # in order: a derived input's sources come first
+        for v in order:
+            sources[v] = frozenset().union(*(sources.get(i, (i,)) for i in derived[v]))
+        object.__setattr__(self, "_sources", sources)
 
     # ------------------------------------------------------------------ unions
     @property
@@ -267,12 +271,7 @@ class ChannelProblem:
 
     def sources(self, g: int) -> set[int]:
         """The non-derived groups whose OR gives group ``g`` (``{g}`` for a non-derived group)."""
-        if g not in self._derived:
-            return {g}
-        out: set[int] = set()
-        for i in self._derived[g]:
-            out |= self.sources(i)
-        return out
+        return set(self._sources.get(g, (g,)))
 
     def complete(self, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``masks`` with every derived group's mask recomputed from its inputs (and frozen
