@@ -106,8 +106,8 @@ def settle_unions(t: GroupTable, recorded: list[tuple[int, tuple[int, ...], str]
                 result.shared.append(f"{t.records[t.find(first)].name}: {why}")
     # a frozen sum freezes everything added into it; a sum with a frozen operand is always full
     order = list(nx.topological_sort(nx.DiGraph([(i, o) for o, ins in rel.items() for i in ins])))
-    for o in reversed(order):
-        if o in rel and t.is_frozen(o):
+    for o in reversed(order):  # (unless another operand is frozen: that one keeps the sum full)
+        if o in rel and t.is_frozen(o) and not any(t.is_frozen(i) for i in rel[o]):
             for i in rel[o]:
                 t.freeze(i, f"added into the frozen stream {t.records[o].name!r}")
     for o in order:

@@ -20,6 +20,7 @@ cost memory traffic, no FLOPs.
 from __future__ import annotations
 
 import copy
+import graphlib
 from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
@@ -150,25 +151,18 @@ def validate_masks(graph: ChannelGraph, masks: Any) -> list[np.ndarray]:
             raise ValueError(f"group {g.name!r} is frozen ({g.frozen_reasons[0]}) and cannot be pruned")
         out[gid] = arr
     given = {gid for gid, _ in items}
-    done: set[int] = set()
-
-    def settle(g) -> None:  # union coupling: a sum keeps exactly what its operands keep
-        if g.id in done:
-            return
-        done.add(g.id)
-        for i in g.union_of:
-            settle(graph.groups[i])
-        if g.union_of and not g.frozen:
-            union = np.logical_or.reduce([out[i] for i in g.union_of])
-            if g.id not in given:
-                out[g.id] = union
-            elif not np.array_equal(out[g.id], union):
-                raise ValueError(f"mask of group {g.name!r} must be the OR of the masks of "
-                                 f"{[graph.groups[i].name for i in g.union_of]} (union coupling); "
-                                 f"leave it out of a mask dict to have it computed")
-
-    for g in graph.groups:
-        settle(g)
+    sums = {g.id: [i for i in g.union_of if graph.groups[i].union_of] for g in graph.groups if g.union_of}
+    for gid in graphlib.TopologicalSorter(sums).static_order():  # union coupling: operands first
+        g = graph.groups[gid]
+        if g.frozen:
+            continue
+        union = np.logical_or.reduce([out[i] for i in g.union_of])  # a sum keeps what its operands keep
+        if g.id not in given:
+            out[g.id] = union
+        elif not np.array_equal(out[g.id], union):
+            raise ValueError(f"mask of group {g.name!r} must be the OR of the masks of "
+                             f"{[graph.groups[i].name for i in g.union_of]} (union coupling); "
+                             f"leave it out of a mask dict to have it computed")
     return out
 
 

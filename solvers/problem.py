@@ -8,6 +8,7 @@ the keep-masks plus linear terms ``w^T x_g`` and a constant.
 
 from __future__ import annotations
 
+import graphlib
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -221,22 +222,12 @@ class ChannelProblem:
                 raise ValueError(f"unions[{k}]: inputs {bad} have sizes {[sizes[g] for g in bad]} but "
                                  f"group {u.out} has {sizes[u.out]}; a union needs equal sizes")
             derived[u.out] = u.inputs
-        order: list[int] = []  # derived groups, each after the derived groups it reads
-        state: dict[int, int] = {}
-
-        def visit(g: int, path: tuple[int, ...]) -> None:
-            if state.get(g) == 2 or g not in derived:
-                return
-            if state.get(g) == 1:
-                raise ValueError(f"unions form a cycle through groups {path}; an add cannot feed itself")
-            state[g] = 1
-            for i in derived[g]:
-                visit(i, path + (i,))
-            state[g] = 2
-            order.append(g)
-
-        for g in derived:
-            visit(g, (g,))
+        sorter = graphlib.TopologicalSorter({v: [i for i in ins if i in derived] for v, ins in derived.items()})
+        try:  # derived groups, each after the derived groups it reads (iterative: no recursion limit)
+            order = list(sorter.static_order())
+        except graphlib.CycleError as e:
+            raise ValueError(f"unions form a cycle through groups {tuple(e.args[1])}; an add cannot feed "
+                             f"itself") from None
         frozen = list(self.frozen)
         for v in reversed(order):  # a frozen stream freezes everything added into it ...
             if frozen[v] and not any(frozen[i] for i in derived[v]):  # ... unless one input keeps it full

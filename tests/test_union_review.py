@@ -163,3 +163,21 @@ def test_min_keep_or_round_to_named_on_a_sum_is_refused_not_ignored():
                             round_to={source: 4})
     n = int(plan.masks[graph.group(source).id].sum())
     assert n % 4 == 0 or n == graph.group(source).size
+
+
+class FrozenInputStream(nn.Module):
+    """The output is the sum of the (frozen) input and a branch: the input keeps the sum full,
+    so the branch stays prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 5, 1), nn.ReLU(), nn.Conv2d(5, 3, 1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def test_a_frozen_sum_with_a_frozen_operand_leaves_the_others_prunable():
+    graph = qp.trace(FrozenInputStream(), torch.randn(1, 3, 4, 4), coupling="union")
+    assert not graph.group("body.2").frozen
+    assert not graph.group("body.0").frozen
