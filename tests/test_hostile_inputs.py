@@ -128,6 +128,9 @@ def test_ctrl_c_during_a_solve_returns_the_best_plan_so_far(phase, bound_time, a
     import threading
     from qcqp_prune.solvers import solve_channels
     problem = _resnet20_problem(0.3)
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. run as a background job of a shell
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(after, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -138,6 +141,8 @@ def test_ctrl_c_during_a_solve_returns_the_best_plan_so_far(phase, bound_time, a
         pytest.fail(f"Ctrl-C during {phase} escaped as KeyboardInterrupt")
     finally:
         timer.cancel()
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     assert sol.stop_reason == "interrupted" and sol.status.value == "FEASIBLE"
     assert problem.feasible(sol.masks)
     assert sol.bound is None or sol.bound >= sol.objective
@@ -157,7 +162,10 @@ def test_ctrl_c_after_a_cpsat_solve_still_raises_keyboard_interrupt(tmp_path):
         "solve_channels(p, 'cpsat', time_limit=2, count_bound=False)\n"
         "threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
         "try:\n    time.sleep(5)\nexcept KeyboardInterrupt:\n    print('clean')\n")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    import signal
+    # a child of a background job inherits an ignored SIGINT, and Python then installs no handler
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert out.returncode == 0 and "clean" in out.stdout, (out.returncode, out.stderr[-500:])
 
 
