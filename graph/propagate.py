@@ -501,7 +501,7 @@ class Propagator:
         base = next(lay for d, lay, _ in tracked if lay is not None)
         if (self.coupling == "union" and target in _ADDITIONS and not frees
                 and all(lay is not None for _, lay, _ in tracked)):
-            union = self.union_layout(node, [lay for _, lay, _ in tracked], dim, desc)
+            union = self.union_layout(node, [lay for _, lay, _ in tracked], dim)
             if union is not None:
                 self.p.layouts[node.name] = union
                 return
@@ -524,7 +524,7 @@ class Propagator:
                 self.claim(free.tensor, pd, base.segments, desc)
         self.p.layouts[node.name] = Layout(dim, base.segments)
 
-    def union_layout(self, node: fx.Node, lays: list[Layout], dim: int, desc: str) -> Layout | None:
+    def union_layout(self, node: fx.Node, lays: list[Layout], dim: int) -> Layout | None:
         """Union coupling at an add: each channel segment of the sum gets a new group, the OR
         of the operands' groups (recorded in ``unions``). None when the operands' segments do
         not line up (the caller then merges, which freezes them with a reason)."""

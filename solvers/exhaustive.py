@@ -32,8 +32,7 @@ def exhaustive_masks(problem: ChannelProblem) -> tuple[list[np.ndarray] | None, 
         x = {g: options[g][i] for g, i in zip(P, combo)}
         for v in problem.union_order:
             if not problem.frozen[v]:
-                x[v] = np.logical_or.reduce([x[i] > 0 if i in x else np.ones(sizes[i], dtype=bool)
-                                             for i in problem.derived[v]]).astype(np.float64)
+                x[v] = np.logical_or.reduce([x[i] > 0 for i in problem.derived[v]]).astype(np.float64)
         n = np.array([sizes[g] if problem.frozen[g] else x[g].sum() for g in range(len(sizes))])
         if any(c.cost.evaluate(n) > c.budget * (1 + 1e-12) + 1e-9 for c in problem.constraints):
             continue
