@@ -103,6 +103,9 @@ def solve_channels(
     if unknown:
         raise TypeError(f"solver={solver!r} does not take option(s) {', '.join(map(repr, unknown))}; its options "
                         f"are {sorted(OPTIONS[solver]) or 'none'} (check the spelling)")
+    if solver == "mip":
+        from .mip import check_options
+        check_options(**{k: options[k] for k in ("mip_solver", "products") if k in options})
     t0 = time.perf_counter()
     check_feasible_budgets(problem)
     red = reduce_problem(problem)

@@ -3,7 +3,9 @@
 Count bound. For a term ``x_g^T W x_h`` and counts ``(m, k)``, no ``m x k`` submatrix of
 ``W >= 0`` holds more than ``min(R[m, k], C[m, k])``, where ``R[m, k]`` sums the ``m``
 largest row-wise top-``k`` sums and ``C`` is the column analogue; a linear term keeps at most
-its top-``m`` prefix sum. Every term becomes a table over counts, the budgets are costs over
+its top-``m`` prefix sum. Near full counts the dropped rows and columns bound it more
+tightly (``_Term._dropped``: the total, less the smallest row and column sums, plus what the
+dropped block can hold). Every term becomes a table over counts, the budgets are costs over
 counts, and "maximize the sum of tables under the budgets" is a problem over one integer per
 group. Its budgets are relaxed with multipliers ``lam >= 0`` (any ``lam`` gives a valid bound;
 we search for the smallest), and each relaxed problem is an exact max-sum over the group graph
@@ -15,7 +17,8 @@ Lagrangian decomposition. Each term gets its own copy of its groups' masks; the 
 tied to the groups' masks by per-channel multipliers ``mu`` that shift importance between a
 term's copy and the group's own linear term. For every ``mu`` the count bound of the shifted
 problem is a valid bound on the original; subgradient steps on ``mu`` (Polyak steps towards
-the best known plan) lower it. The reported bound is the smallest one seen.
+the best known plan, halved and restarted from the best multipliers when the bound stalls)
+lower it. The reported bound is the smallest one seen.
 
 Unions. A derived group (the OR of its inputs, ``problem.unions``) is one more count
 variable, so terms and costs on it need nothing new; leaving the OR rule out would only
@@ -31,6 +34,7 @@ groups' own linear terms; projected subgradient steps move them with ``mu``.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,6 +51,8 @@ NEAR = 12          # single-count buckets on each side of the reference count
 MAX_TABLE = 4_000_000  # largest intermediate table of the elimination (entries)
 MAX_LABELS = 400      # buckets per group after refinement (MAX_TABLE also caps it)
 SPREAD_WORK = 20_000_000  # weights x single-count buckets sorted per term and iteration
+RESTART = True  # a stalled decomposition restarts from its best multipliers
+BUDGET_SEARCH_SHARE = 0.15  # of the bound's time, kept for the exact-budget search
 
 
 @dataclass
@@ -70,6 +76,10 @@ class Buckets:
     def best(self, prefix: np.ndarray) -> np.ndarray:
         """Per bucket, the largest ``prefix[n]`` over its counts ``n``."""
         return np.maximum.reduceat(prefix[self.allowed], self.starts)
+
+    def best_columns(self, prefix: np.ndarray) -> np.ndarray:
+        """``best`` of every column of ``prefix`` (rows indexed by count): (buckets, columns)."""
+        return np.maximum.reduceat(prefix[self.allowed], self.starts, axis=0)
 
     def argbest(self, prefix: np.ndarray, b: int) -> int:
         """The count of bucket ``b`` where ``prefix`` is largest."""
@@ -121,6 +131,26 @@ def _top_prefix(v: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(-np.sort(-v))])
 
 
+def _top_sums(M: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``M``, the sum of its ``k >= 1`` largest entries (a partition, not a sort)."""
+    if k >= M.shape[1]:
+        return M.sum(axis=1)
+    return np.partition(M, M.shape[1] - k, axis=1)[:, M.shape[1] - k:].sum(axis=1)
+
+
+def _prefix_columns(M: np.ndarray, largest: bool) -> np.ndarray:
+    """Per column of ``M``, the sums of its ``n`` largest (or smallest) entries, ``n = 0..rows``."""
+    s = np.sort(M, axis=0)
+    if largest:
+        s = s[::-1]
+    return np.vstack([np.zeros((1, M.shape[1])), np.cumsum(s, axis=0)])
+
+
+def _bottom_prefix(v: np.ndarray) -> np.ndarray:
+    """``p[n]`` = sum of the ``n`` smallest entries of ``v`` (``p[0] = 0``)."""
+    return np.concatenate([[0.0], np.cumsum(np.sort(v))])
+
+
 @dataclass
 class _Term:
     """One objective term with its own copy of its groups' masks."""
@@ -139,6 +169,8 @@ class _Term:
         if self.g != self.h:
             z = np.zeros((self.W.shape[1], 1))
             self.col_top = np.hstack([z, np.cumsum(-np.sort(-self.W.T, axis=1), axis=1)])
+            self.row_sum, self.col_sum, self.total = self.W.sum(axis=1), self.W.sum(axis=0), float(self.W.sum())
+        self._last: tuple | None = None  # the latest table's parts, for ``choice``
         self.mu_g = np.zeros(self.W.shape[0])
         self.mu_h = np.zeros(self.W.shape[1])
 
@@ -150,14 +182,46 @@ class _Term:
         ``sum_{S,T} W + mu_g(S) = sum_{j in T} sum_{i in S} (W_ij + mu_g_i / k)``, so the
         column-wise bound takes, per column, the top ``m`` of ``W[:, j] + mu_g / k``; the
         row-wise bound is the mirror image. Both are exact for ``k = 1`` (resp. ``m = 1``).
-        Where a bucket holds several counts, multipliers are kept apart instead (looser)."""
+        Where a bucket holds several counts, multipliers are kept apart instead (looser).
+
+        Near full counts the *dropped* rows and columns give tighter bounds
+        (``_dropped``); the table is the smallest of all of them."""
         if self.g == self.h:
             his = np.maximum(bg.hi - 1, 0)
             return np.array([bg.best(_top_prefix(self.row_top[:, k] + self.mu_g))[b] for b, k in enumerate(his)])
         a_best, b_best = bg.best(_top_prefix(self.mu_g)), bh.best(_top_prefix(self.mu_h))
         rows = self._oriented(self.W, self.row_top, self.mu_g, self.mu_h, bg, bh, b_best)
         cols = self._oriented(self.W.T, self.col_top, self.mu_h, self.mu_g, bh, bg, a_best).T
-        return np.minimum(rows, cols)
+        kept = np.minimum(rows, cols)
+        dropped = self._dropped(bg, bh)
+        self._last = (bg, bh, kept, dropped)
+        return np.minimum(kept, np.minimum.reduce(dropped))
+
+    def _dropped(self, bg: Buckets, bh: Buckets) -> list[np.ndarray]:
+        """Bounds through the dropped rows ``D`` and columns ``E`` (``d = n - m``, ``e = q - k``):
+        ``W[S, T] = sum(W) - sum_{i in D} r_i - sum_{j in E} c_j + W[D, E]`` with row and
+        column sums ``r``, ``c`` (multipliers included), so the kept importance is at most the
+        total less the ``d`` smallest ``r``, less the ``e`` smallest ``c``, plus the most any
+        ``d x e`` block holds (first table). The block can also be charged to its rows, each
+        at most its top-``e`` sum: drop the ``d`` smallest ``r_i - top_e(W_i)`` instead
+        (second), or to its columns (third). Tight when few channels are dropped, where the
+        kept-side bounds are loosest. Per bucket: the largest count's kept sums, the smallest
+        count's block (``W >= 0``, so blocks grow with ``d`` and ``e``)."""
+        n, q = self.W.shape
+        r, c = self.row_sum + self.mu_g, self.col_sum + self.mu_h
+        const = self.total + float(self.mu_g.sum()) + float(self.mu_h.sum())
+        keep_r = bg.best(-_bottom_prefix(r)[n - np.arange(n + 1)])
+        keep_c = bh.best(-_bottom_prefix(c)[q - np.arange(q + 1)])
+        d, e = n - bg.lo, q - bh.lo
+        block_rows = _prefix_columns(self.row_top[:, e], largest=True)[d, :]          # (buckets g, buckets h)
+        block_cols = _prefix_columns(self.col_top[:, d], largest=True)[e, :].T
+        block = const + keep_r[:, None] + keep_c[None, :] + np.minimum(block_rows, block_cols)
+        # kept importance per count: minus the smallest (n - m) charges, as a column per bucket of h
+        by_rows = bg.best_columns(-_prefix_columns(r[:, None] - self.row_top[:, e], largest=False)[n - np.arange(n + 1)])
+        by_cols = bh.best_columns(-_prefix_columns(c[:, None] - self.col_top[:, d], largest=False)[q - np.arange(q + 1)])
+        by_rows = by_rows + keep_c[None, :] + const
+        by_cols = by_cols.T + keep_r[:, None] + const
+        return [block, by_rows, by_cols]
 
     @staticmethod
     def _oriented(W, top, a, b, bg: Buckets, bh: Buckets, b_best: np.ndarray) -> np.ndarray:
@@ -183,7 +247,14 @@ class _Term:
         return out
 
     def choice(self, bg: Buckets, bh: Buckets, lg: int, lh: int) -> tuple[np.ndarray, np.ndarray]:
-        """Masks of the copy near the table's maximizer at buckets ``(lg, lh)``."""
+        """Masks of the copy near the table's maximizer at buckets ``(lg, lh)``: of the
+        dropped-channel bound where that one set the table entry (single counts only)."""
+        if self.g != self.h and self._last is not None and self._last[0] is bg and self._last[1] is bh:
+            kept, dropped = self._last[2], self._last[3]
+            values = [kept[lg, lh]] + [t[lg, lh] for t in dropped]
+            which = int(np.argmin(values))
+            if which and bg.lo[lg] == bg.hi[lg] and bh.lo[lh] == bh.hi[lh]:
+                return self._dropped_choice(which, int(bg.lo[lg]), int(bh.lo[lh]))
         if self.g == self.h:
             score = self.row_top[:, max(bg.hi[lg] - 1, 0)] + self.mu_g
             m = bg.argbest(_top_prefix(score), lg)
@@ -195,7 +266,7 @@ class _Term:
         best, pick = -np.inf, None
         for W, a, b, r, c in ((self.W, self.mu_g, self.mu_h, m, k), (self.W.T, self.mu_h, self.mu_g, k, m)):
             # rows first (spreading the column multipliers), then the best columns for those rows
-            score = a + (np.sort(W + b[None, :] / max(r, 1), axis=1)[:, ::-1][:, :c].sum(axis=1) if c else 0.0)
+            score = a + (_top_sums(W + b[None, :] / max(r, 1), c) if c else 0.0)
             rows = np.zeros(len(a), bool)
             rows[np.argsort(-score, kind="stable")[:r]] = True
             colscore = W[rows].sum(axis=0) + b
@@ -205,6 +276,20 @@ class _Term:
             if value > best:
                 best, pick = value, ((rows, cols) if W is self.W else (cols, rows))
         return pick
+
+
+    def _dropped_choice(self, which: int, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows and columns ``_dropped``'s bound number ``which`` (1-3) keeps at ``(m, k)``."""
+        (n, q), d, e = self.W.shape, self.W.shape[0] - m, self.W.shape[1] - k
+        r, c = self.row_sum + self.mu_g, self.col_sum + self.mu_h
+        if which == 2:
+            r = r - self.row_top[:, e]
+        elif which == 3:
+            c = c - self.col_top[:, d]
+        rows, cols = np.ones(n, bool), np.ones(q, bool)
+        rows[np.argsort(r, kind="stable")[:d]] = False
+        cols[np.argsort(c, kind="stable")[:e]] = False
+        return rows, cols
 
 
 class CountBound:
@@ -415,7 +500,9 @@ class CountBound:
               target_gap: float = 0.0, theta: float = 0.3, patience: int = 60,
               max_refinements: int = 30, progress: Callable[[float, float], None] | None = None) -> tuple[float, dict]:
         """The smallest bound found within ``time_limit`` s; ``lower`` is the objective of a
-        known feasible plan (it sets the step sizes and the stopping gap)."""
+        known feasible plan (it sets the step sizes and the stopping gap). Unless
+        ``iterations == 1`` (the plain count bound), the exact-budget search tightens it at
+        the end."""
         t0 = time.perf_counter()
         n_cons = len(self.costs)
         lam = np.zeros(n_cons)
@@ -426,6 +513,9 @@ class CountBound:
         it = 0
         interrupted = False
         refinements = 0
+        snapshot = None  # the tables of the best bound, for the exact-budget search below
+        # the last share of the time goes to the exact-budget search over the best tables
+        loop_limit = time_limit * (1.0 - BUDGET_SEARCH_SHARE) if n_cons else time_limit
         while True:
             try:
                 objective = self._objective_factors()
@@ -436,22 +526,26 @@ class CountBound:
             value = value * (1 + 1e-12) + 1e-12 * abs(value)  # float summation margin
             if not value >= best - 1e-12 * abs(best):  # best starts at inf
                 best, stale = value, 0
+                snapshot = (objective, self.costs, self.order, self.sizes, self.buckets)
+                best_multipliers = self._multipliers()
                 if progress is not None:
                     progress(best, time.perf_counter() - t0)
             else:
                 stale += 1
-                if stale >= patience:
+                if stale >= patience:  # smaller steps from the best multipliers so far
                     theta, stale = theta / 2, 0
+                    if RESTART:
+                        self._set_multipliers(best_multipliers)
             history.append((time.perf_counter() - t0, best))
             it += 1
-            if (refinements < max_refinements and time.perf_counter() - t0 <= time_limit
+            if (refinements < max_refinements and time.perf_counter() - t0 <= loop_limit
                     and not (iterations is not None and it >= iterations) and self.refine(labels)):
                 refinements += 1
                 stale = 0
                 continue  # re-solve with the chosen buckets split before moving the multipliers
             gap = (best - lower) / max(abs(best), 1e-300)
             if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
-                    or time.perf_counter() - t0 > time_limit or theta < 1e-5 or not (self.terms or self.unions)):
+                    or time.perf_counter() - t0 > loop_limit or theta < 1e-5 or not (self.terms or self.unions)):
                 break
             own = self._own_masks(labels)
             sub, norm = self._subgradient(own, labels)
@@ -465,10 +559,103 @@ class CountBound:
             for key, d in union_sub.items():  # projected: these multipliers stay >= 0
                 table = self.nu if isinstance(key, tuple) else self.rho
                 table[key] = np.maximum(table[key] - step * d, 0.0)
+        searched, nodes, relaxed = None, 0, float(best)
+        if (snapshot is not None and not interrupted and iterations != 1 and n_cons
+                and (best - lower) / max(abs(best), 1e-300) > max(target_gap, 1e-9)):
+            objective, self.costs, self.order, self.sizes, self.buckets = snapshot
+            try:
+                searched, nodes = self.budget_search(objective, lower, scale, t0 + time_limit)
+            except KeyboardInterrupt:
+                interrupted = True
+            if searched is not None and searched < best:
+                best = float(searched)
+                if progress is not None:
+                    progress(best, time.perf_counter() - t0)
         return float(best), {"count_bound_iterations": it, "interrupted": interrupted,
+                             "count_bound_relaxed": relaxed, "count_bound_budget_search": searched,
+                             "count_bound_search_nodes": nodes,
                              "count_bound_refinements": refinements, "count_bound_time": time.perf_counter() - t0,
                              "count_bound_first": float(history[0][1]) if history else None,
                              "count_bound_largest_table": self.largest}
+
+    def _multipliers(self) -> tuple:
+        return ([(t.mu_g.copy(), t.mu_h.copy()) for t in self.terms],
+                {k: v.copy() for k, v in self.nu.items()}, {k: v.copy() for k, v in self.rho.items()})
+
+    def _set_multipliers(self, saved: tuple) -> None:
+        terms, nu, rho = saved
+        for t, (mg, mh) in zip(self.terms, terms):
+            t.mu_g, t.mu_h = mg.copy(), mh.copy()
+        self.nu, self.rho = {k: v.copy() for k, v in nu.items()}, {k: v.copy() for k, v in rho.items()}
+
+    def budget_search(self, objective: list[Factor], lower: float, scale: np.ndarray,
+                      deadline: float) -> tuple[float, int]:
+        """The largest sum of ``objective`` tables over bucket combinations that meet every
+        budget exactly (costs at bucket minima), by best-first branch and bound on the groups'
+        buckets; an upper bound even when stopped at ``deadline`` (open nodes count).
+
+        The relaxed budgets of ``_minimize_lam`` give the convex hull of the count problem: its
+        optimum mixes a plan over the budget with one under it. Branching separates them: the
+        group whose bucket differs most between the two (relative to its size) is split
+        between them, and each side gets its own multipliers. Returns the bound and the number
+        of nodes."""
+        def bound_of(domains: dict[int, np.ndarray]):
+            extra = [Factor((g,), np.where(m, 0.0, -np.inf)) for g, m in domains.items()]
+            lam = np.zeros(len(self.costs))
+            value, labels, slack = self._minimize_lam(objective + extra, lam, scale, steps=12)
+            _, over, _ = self._relaxed(objective + extra, lam * 0.995)  # the other side of lam
+            return value * (1 + 1e-12) + 1e-12 * abs(value), labels, slack, over
+
+        def table_sum(labels: dict[int, int]) -> float:
+            total = self.red.constant + sum(float(f.table[tuple(labels[v] for v in f.vars)]) for f in objective)
+            return total * (1 + 1e-12) + 1e-12 * abs(total)
+
+        found = -math.inf  # best bucket combination within the budgets
+        value, labels, slack, over = bound_of({})
+        heap, count, nodes = [(-value, 0, {}, labels, slack, over)], 1, 1
+        while heap and time.perf_counter() < deadline:
+            value, _, domains, labels, slack, over = heapq.heappop(heap)
+            value = -value
+            if value <= max(found, lower):
+                heap = []  # every open node is below a known combination or the plan
+                break
+            if np.all(slack >= 0):
+                found = max(found, table_sum(labels))
+                if value <= found:
+                    continue  # solved: the relaxed optimum meets the budgets without slack cost
+            split = self._split(domains, labels, over)
+            if split is None:
+                continue  # single combination left: its value is table_sum, counted above
+            g, cut = split
+            mask = domains.get(g, np.ones(self.sizes[g], dtype=bool))
+            for part in (mask & (np.arange(len(mask)) < cut), mask & (np.arange(len(mask)) >= cut)):
+                if not part.any():
+                    continue
+                child = {**domains, g: part}
+                child_value, child_labels, child_slack, child_over = bound_of(child)
+                nodes += 1
+                child_value = min(child_value, value)
+                if child_value > max(found, lower):
+                    heapq.heappush(heap, (-child_value, count, child, child_labels, child_slack, child_over))
+                    count += 1
+        top = max([-heap[0][0]] if heap else [], default=-math.inf)
+        return float(max(top, found, lower)), nodes
+
+    def _split(self, domains: dict[int, np.ndarray], labels: dict[int, int],
+               over: dict[int, int]) -> tuple[int, int] | None:
+        """The group and bucket index to branch on: where the two sides of the budget
+        multiplier differ most, else the widest remaining domain (bisected)."""
+        differ = [(abs(over[g] - labels[g]) / self.sizes[g], g) for g in self.vars if over[g] != labels[g]]
+        if differ:
+            _, g = max(differ)
+            a, b = sorted((over[g], labels[g]))
+            return g, (a + b + 1) // 2
+        widths = [(int(domains.get(g, np.ones(self.sizes[g], bool)).sum()), g) for g in self.vars]
+        width, g = max(widths)
+        if width <= 1:
+            return None
+        idx = np.flatnonzero(domains.get(g, np.ones(self.sizes[g], bool)))
+        return g, int(idx[len(idx) // 2])
 
     def _own_masks(self, labels: dict[int, int]) -> dict[int, np.ndarray]:
         """The groups' own masks at the relaxed optimum (best channels of each node table)."""
@@ -520,7 +707,7 @@ def count_bound(problem: ChannelProblem, red: Reduced, time_limit: float = 5.0, 
                 progress: Callable[[float, float], None] | None = None) -> tuple[float | None, dict]:
     """An upper bound on the optimum (None when the group graph is too dense for exact
     elimination) and details. ``iterations=1`` gives the plain count bound; more run the
-    Lagrangian decomposition. ``reference``: counts of a good plan (bucket centres);
+    Lagrangian decomposition and the exact-budget search. ``reference``: counts of a good plan (bucket centres);
     ``lower``: its objective."""
     t0 = time.perf_counter()
     if not red.prunable:

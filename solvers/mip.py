@@ -44,18 +44,24 @@ def add_unions(m: mathopt.Model, problem: ChannelProblem, x: dict) -> None:
             m.add_linear_constraint(xv <= mathopt.fast_sum(x[u][a] for u in inputs))
 
 
-def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, linearization: str,
-              hint: list[np.ndarray] | None, mip_solver: str = "scip", products: str = "linear"):
-    """``products="linear"``: exact binary-expansion envelope of ``N_g N_h`` (any solver);
-    ``products="quadratic"``: the budgets as native quadratic constraints in the counts
-    (SCIP only; MathOpt's HiGHS has no quadratic constraints)."""
-    start = time.perf_counter()
+def check_options(mip_solver: str = "scip", products: str = "linear") -> None:
+    """Refuse a back-end or product form MathOpt cannot run (checked before any bound, so a
+    bound that settles the problem early does not hide a bad option)."""
     if mip_solver not in SOLVERS:
         raise ValueError(f"mip_solver={mip_solver!r} must be one of {sorted(SOLVERS)}")
     if products not in ("linear", "quadratic"):
         raise ValueError(f"products={products!r} must be 'linear' or 'quadratic'")
     if products == "quadratic" and mip_solver != "scip":
         raise ValueError("products='quadratic' needs mip_solver='scip' (HiGHS has no quadratic constraints)")
+
+
+def solve_mip(problem: ChannelProblem, red: Reduced, *, time_limit: float, seed: int, linearization: str,
+              hint: list[np.ndarray] | None, mip_solver: str = "scip", products: str = "linear"):
+    """``products="linear"``: exact binary-expansion envelope of ``N_g N_h`` (any solver);
+    ``products="quadratic"``: the budgets as native quadratic constraints in the counts
+    (SCIP only; MathOpt's HiGHS has no quadratic constraints)."""
+    start = time.perf_counter()
+    check_options(mip_solver, products)
     method = choose_linearization(red, linearization)
     m = mathopt.Model(name="channels")
     P = red.prunable

@@ -3,6 +3,7 @@ bounds, statuses, determinism and errors (torch-free)."""
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 import pytest
@@ -270,3 +271,86 @@ def test_gap_limit_stops_early_with_a_certified_gap():
         solve_channels(p, "cpsat", gap_limt=0.1)
     with pytest.raises(TypeError, match="'count_bound'"):
         solve_channels(p, "greedy", count_bound=True)
+
+
+def _lumpy_knapsack(seed: int, groups: int = 3, size: int = 6) -> ChannelProblem:
+    """Linear importance only (the count tables are exact) and counts in steps of 3, with a
+    budget that no combination meets exactly: the relaxed budgets mix a combination over
+    the budget with one under it, and only an exact-budget search closes the gap."""
+    rng = np.random.default_rng(seed)
+    linear = tuple(LinearTerm(g, rng.random(size) * (1 + g)) for g in range(groups))
+    cost = QuadraticCost({}, {g: float(1 + g % 2) for g in range(groups)})
+    base = ChannelProblem((size,) * groups, (False,) * groups, linear=linear, round_to=(3,) * groups)
+    budget = cost.evaluate(base.sizes) * 0.6 + 1.0
+    return ChannelProblem((size,) * groups, (False,) * groups, linear=linear, round_to=(3,) * groups,
+                          constraints=(ResourceConstraint("flops", cost, budget),))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_budget_search_closes_the_relaxed_budget_gap(seed):
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    p = _lumpy_knapsack(seed)
+    best = solve_channels(p, "exhaustive").objective
+    cb = CountBound(p, reduce_problem(p))
+    relaxed, _ = cb.solve(time_limit=10.0, lower=0.0, iterations=1)   # budgets relaxed only
+    bound, info = CountBound(p, reduce_problem(p)).solve(time_limit=10.0, lower=0.0)
+    assert relaxed > best * (1 + 1e-6)          # the relaxation alone has a duality gap here
+    assert info["count_bound_budget_search"] == pytest.approx(best, rel=1e-9)
+    assert bound == pytest.approx(best, rel=1e-9)
+    sol = solve_channels(p, "cpsat", time_limit=10.0)
+    assert sol.status is Status.OPTIMAL and sol.objective == pytest.approx(best, rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(problems(max_channels=15, max_size=10), st.sampled_from([0, 12]), st.floats(0.5, 1.0))
+def test_exact_budget_search_is_between_the_optimum_and_the_relaxed_bound(problem, near, aim):
+    """On the tables of the best multipliers, stopped at any node budget (``aim`` below the
+    optimum prunes less): never below the optimum, never above the relaxed budgets' value."""
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    best = solve_channels(problem, "exhaustive").objective
+    cb = CountBound(problem, reduce_problem(problem), near=near)
+    if not problem.constraints or not cb.red.prunable:
+        return
+    full = np.array([c.cost.evaluate(problem.sizes) for c in problem.constraints])
+    scale = (abs(best) + 1.0) / np.maximum(full, 1e-300)
+    objective = cb._objective_factors()
+    relaxed, _, _ = cb._minimize_lam(objective, np.zeros(len(full)), scale, steps=12)  # as its root
+    for seconds in (0.0, 10.0):
+        searched, nodes = cb.budget_search(objective, aim * best, scale, time.perf_counter() + seconds)
+        assert searched >= best * (1 - 1e-9) - 1e-9
+        assert searched <= relaxed * (1 + 1e-9) + 1e-9 and nodes >= 1
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(0, 2), st.integers(0, 10_000), st.booleans())
+def test_term_tables_bound_every_submatrix_with_multipliers(n, q, near, seed, heavy):
+    """Kept-side and dropped-side bounds, with multipliers of any sign and any buckets: each
+    table entry is at least the best ``W[S, T] + a(S) + b(T)`` over the counts of its buckets,
+    and where every row is kept (``m = n``) the dropped-side bound makes it exact."""
+    import itertools
+    from qcqp_prune.solvers.bounds import _Term, make_buckets
+    rng = np.random.default_rng(seed)
+    W = rng.random((n, q)) ** (4 if heavy else 1)   # heavy: a few large entries
+    term = _Term(0, 1, W)
+    term.mu_g, term.mu_h = rng.normal(size=n), rng.normal(size=q)
+    bg = make_buckets(list(range(n + 1)), int(rng.integers(0, n + 1)), near)
+    bh = make_buckets(list(range(q + 1)), int(rng.integers(0, q + 1)), near)
+    table = term.table(bg, bh)
+
+    def best(m: int, k: int) -> float:
+        return max(W[np.ix_(r, c)].sum() + term.mu_g[list(r)].sum() + term.mu_h[list(c)].sum()
+                   for r in itertools.combinations(range(n), m) for c in itertools.combinations(range(q), k))
+
+    exact = {(m, k): best(m, k) for m in range(n + 1) for k in range(q + 1)}
+    for i in range(len(bg)):
+        for j in range(len(bh)):
+            cell = max(exact[m, k] for m in range(bg.lo[i], bg.hi[i] + 1) for k in range(bh.lo[j], bh.hi[j] + 1))
+            assert table[i, j] >= cell - 1e-9
+            if bg.lo[i] == bg.hi[i] == n and bh.lo[j] == bh.hi[j]:
+                assert table[i, j] == pytest.approx(cell, abs=1e-9)
+                rows, cols = term.choice(bg, bh, i, j)   # and the copy it picks attains it
+                value = W[np.ix_(rows, cols)].sum() + term.mu_g[rows].sum() + term.mu_h[cols].sum()
+                assert rows.sum() == n and cols.sum() == bh.lo[j] and value == pytest.approx(cell, abs=1e-9)
