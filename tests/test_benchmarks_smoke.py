@@ -32,6 +32,17 @@ def test_solver_benchmark_smoke(tmp_path):
         assert os.path.exists(out + suffix), suffix
 
 
+def test_bound_diagnostics_smoke(tmp_path):
+    import bound_diagnostics
+    out = str(tmp_path / "diagnostics")
+    bound_diagnostics.main(["--models", "resnet20", "--budgets", "0.5", "--seconds", "1", "--streams", "1",
+                            "--out", out])
+    r = rows(out + ".csv")
+    greedy, relaxed, exact, at_greedy = (float(x["value"]) for x in r[:4])
+    assert relaxed >= exact >= greedy and at_greedy >= greedy  # every bound is above the plan
+    assert len(r) == 5 and float(r[4]["value"]) >= float(r[4]["best plan found there"])
+
+
 def test_stream_adapter_benchmark_smoke(tmp_path):
     import stream_adapters
     out = str(tmp_path / "adapters")
