@@ -146,6 +146,11 @@ def _prefix_columns(M: np.ndarray, largest: bool) -> np.ndarray:
     return np.vstack([np.zeros((1, M.shape[1])), np.cumsum(s, axis=0)])
 
 
+def _tolerant(budget):
+    """The most a plan may cost under ``budget`` (``ChannelProblem.feasible``'s rounding)."""
+    return budget * (1 + 1e-12) + 1e-9
+
+
 def _bottom_prefix(v: np.ndarray) -> np.ndarray:
     """``p[n]`` = sum of the ``n`` smallest entries of ``v`` (``p[0] = 0``)."""
     return np.concatenate([[0.0], np.cumsum(np.sort(v))])
@@ -462,7 +467,8 @@ class CountBound:
             budget = self.problem.constraints[r].budget
             slack[r] = budget - used
             scale += lam[r] * (abs(budget) + abs(const) + abs(used))
-        dual = value + float(lam @ np.array([self.problem.constraints[r].budget - self.costs[r][2]
+        # the budgets as ChannelProblem.feasible reads them (a plan may sit a rounding error over)
+        dual = value + float(lam @ np.array([_tolerant(self.problem.constraints[r].budget) - self.costs[r][2]
                                                for r in range(len(self.costs))]))
         # value and lam * budget nearly cancel when lam is large: pad by their rounding error
         return dual + self.red.constant + 1e-12 * (scale + abs(self.red.constant)), labels, slack
@@ -517,50 +523,51 @@ class CountBound:
         # the last share of the time goes to the exact-budget search over the best tables
         loop_limit = time_limit * (1.0 - BUDGET_SEARCH_SHARE) if n_cons else time_limit
         while True:
-            try:
+            try:  # Ctrl-C anywhere in an iteration: keep the best bound so far, let the caller stop
                 objective = self._objective_factors()
                 value, labels, _ = self._minimize_lam(objective, lam, scale, steps=14 if it == 0 else 8)
-            except KeyboardInterrupt:  # Ctrl-C: keep the best bound so far, let the caller stop
+                value = value + 2e-12 * abs(value)  # float summation margin
+                if not value >= best - 1e-12 * abs(best):  # best starts at inf
+                    best, stale = value, 0
+                    snapshot = (objective, self.costs, self.order, self.sizes, dict(self.buckets))
+                    best_multipliers = self._multipliers()
+                    if progress is not None:
+                        progress(best, time.perf_counter() - t0)
+                else:
+                    stale += 1
+                    if stale >= patience:  # smaller steps from the best multipliers so far
+                        theta, stale = theta / 2, 0
+                        if RESTART:
+                            self._set_multipliers(best_multipliers)
+                history.append((time.perf_counter() - t0, best))
+                it += 1
+                if (refinements < max_refinements and time.perf_counter() - t0 <= loop_limit
+                        and not (iterations is not None and it >= iterations) and self.refine(labels)):
+                    refinements += 1
+                    stale = 0
+                    continue  # re-solve with the chosen buckets split before moving the multipliers
+                gap = (best - lower) / max(abs(best), 1e-300)
+                if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
+                        or time.perf_counter() - t0 > loop_limit or theta < 1e-5 or not (self.terms or self.unions)):
+                    break
+                own = self._own_masks(labels)
+                sub, norm = self._subgradient(own, labels)
+                union_sub, union_norm = self._union_subgradient(own)
+                if norm + union_norm == 0:
+                    break  # copies agree with the groups: the decomposition cannot get tighter here
+                step = theta * (value - lower) / (norm + union_norm)
+                for t, (dg, dh) in zip(self.terms, sub):
+                    t.mu_g -= step * dg
+                    t.mu_h -= step * dh
+                for key, d in union_sub.items():  # projected: these multipliers stay >= 0
+                    table = self.nu if isinstance(key, tuple) else self.rho
+                    table[key] = np.maximum(table[key] - step * d, 0.0)
+            except KeyboardInterrupt:
                 interrupted = True
                 break
-            value = value * (1 + 1e-12) + 1e-12 * abs(value)  # float summation margin
-            if not value >= best - 1e-12 * abs(best):  # best starts at inf
-                best, stale = value, 0
-                snapshot = (objective, self.costs, self.order, self.sizes, self.buckets)
-                best_multipliers = self._multipliers()
-                if progress is not None:
-                    progress(best, time.perf_counter() - t0)
-            else:
-                stale += 1
-                if stale >= patience:  # smaller steps from the best multipliers so far
-                    theta, stale = theta / 2, 0
-                    if RESTART:
-                        self._set_multipliers(best_multipliers)
-            history.append((time.perf_counter() - t0, best))
-            it += 1
-            if (refinements < max_refinements and time.perf_counter() - t0 <= loop_limit
-                    and not (iterations is not None and it >= iterations) and self.refine(labels)):
-                refinements += 1
-                stale = 0
-                continue  # re-solve with the chosen buckets split before moving the multipliers
-            gap = (best - lower) / max(abs(best), 1e-300)
-            if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
-                    or time.perf_counter() - t0 > loop_limit or theta < 1e-5 or not (self.terms or self.unions)):
-                break
-            own = self._own_masks(labels)
-            sub, norm = self._subgradient(own, labels)
-            union_sub, union_norm = self._union_subgradient(own)
-            if norm + union_norm == 0:
-                break  # copies agree with the groups: the decomposition cannot get tighter here
-            step = theta * (value - lower) / (norm + union_norm)
-            for t, (dg, dh) in zip(self.terms, sub):
-                t.mu_g -= step * dg
-                t.mu_h -= step * dh
-            for key, d in union_sub.items():  # projected: these multipliers stay >= 0
-                table = self.nu if isinstance(key, tuple) else self.rho
-                table[key] = np.maximum(table[key] - step * d, 0.0)
         searched, nodes, relaxed = None, 0, float(best)
         if (snapshot is not None and not interrupted and iterations != 1 and n_cons
+                and time.perf_counter() - t0 < time_limit
                 and (best - lower) / max(abs(best), 1e-300) > max(target_gap, 1e-9)):
             objective, self.costs, self.order, self.sizes, self.buckets = snapshot
             try:
@@ -604,12 +611,14 @@ class CountBound:
             lam = np.zeros(len(self.costs))
             value, labels, slack = self._minimize_lam(objective + extra, lam, scale, steps=12)
             _, over, _ = self._relaxed(objective + extra, lam * 0.995)  # the other side of lam
-            return value * (1 + 1e-12) + 1e-12 * abs(value), labels, slack, over
+            return value + 2e-12 * abs(value), labels, slack, over
 
         def table_sum(labels: dict[int, int]) -> float:
             total = self.red.constant + sum(float(f.table[tuple(labels[v] for v in f.vars)]) for f in objective)
-            return total * (1 + 1e-12) + 1e-12 * abs(total)
+            return total + 2e-12 * abs(total)
 
+        budgets = np.array([c.budget for c in self.problem.constraints], dtype=np.float64)
+        slack_tolerance = _tolerant(budgets) - budgets  # a plan on the budget may sum 1 ulp over it
         found = -math.inf  # best bucket combination within the budgets
         value, labels, slack, over = bound_of({})
         heap, count, nodes = [(-value, 0, {}, labels, slack, over)], 1, 1
@@ -619,7 +628,7 @@ class CountBound:
             if value <= max(found, lower):
                 heap = []  # every open node is below a known combination or the plan
                 break
-            if np.all(slack >= 0):
+            if np.all(slack >= -slack_tolerance):  # as ChannelProblem.feasible rounds
                 found = max(found, table_sum(labels))
                 if value <= found:
                     continue  # solved: the relaxed optimum meets the budgets without slack cost

@@ -354,3 +354,35 @@ def test_term_tables_bound_every_submatrix_with_multipliers(n, q, near, seed, he
                 rows, cols = term.choice(bg, bh, i, j)   # and the copy it picks attains it
                 value = W[np.ix_(rows, cols)].sum() + term.mu_g[rows].sum() + term.mu_h[cols].sum()
                 assert rows.sum() == n and cols.sum() == bh.lo[j] and value == pytest.approx(cell, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_count_bound_holds_for_plans_that_sit_on_the_budget(seed):
+    """Float cost coefficients and a budget equal to some plan's cost: that plan may sum a
+    rounding error over the budget in another order, and ``feasible`` accepts it; the
+    relaxed and exact-budget bounds must read the budget the same way (found in review:
+    9 of 200 such problems got a bound below the optimum)."""
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    rng = np.random.default_rng(seed)
+    groups, size = 3, 5
+    linear = tuple(LinearTerm(g, rng.random(size)) for g in range(groups))
+    bil = (BilinearTerm(1, 0, rng.random((size, size))),)
+    cost = QuadraticCost({(0, 1): float(rng.random()) * 0.3}, {g: float(rng.random()) * 0.7 for g in range(groups)}, 0.1)
+    budget = cost.evaluate(rng.integers(1, size, groups))
+    p = ChannelProblem((size,) * groups, (False,) * groups, bilinear=bil, linear=linear,
+                       constraints=(ResourceConstraint("flops", cost, budget),))
+    best = solve_channels(p, "exhaustive").objective
+    bound, info = CountBound(p, reduce_problem(p)).solve(time_limit=5.0, lower=0.0)
+    assert bound >= best * (1 - 1e-12) - 1e-12
+    assert info["count_bound_relaxed"] >= best * (1 - 1e-12) - 1e-12
+
+
+def test_count_bound_holds_for_a_plan_a_rounding_error_over_the_budget():
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    q = ChannelProblem((4, 4), (False, False),
+                       linear=(LinearTerm(0, np.array([1.0, 0.9, 0.1, 0.1])), LinearTerm(1, np.full(4, 0.5))),
+                       constraints=(ResourceConstraint("c", QuadraticCost({}, {0: 1.0, 1: 2.0}), 4.0 - 5e-10),))
+    best = solve_channels(q, "exhaustive").objective
+    assert CountBound(q, reduce_problem(q)).solve(time_limit=2.0, lower=0.0)[0] >= best
