@@ -470,6 +470,8 @@ class CountBound:
         # the budgets as ChannelProblem.feasible reads them (a plan may sit a rounding error over)
         dual = value + float(lam @ np.array([_tolerant(self.problem.constraints[r].budget) - self.costs[r][2]
                                                for r in range(len(self.costs))]))
+        if value == -math.inf:  # no allowed combination (hard union tables, a search node's domains)
+            return -math.inf, labels, slack
         # value and lam * budget nearly cancel when lam is large: pad by their rounding error
         return dual + self.red.constant + 1e-12 * (scale + abs(self.red.constant)), labels, slack
 
