@@ -40,7 +40,9 @@ def test_bound_diagnostics_smoke(tmp_path):
     r = rows(out + ".csv")
     greedy, relaxed, exact, at_greedy = (float(x["value"]) for x in r[:4])
     assert relaxed >= exact >= greedy and at_greedy >= greedy  # every bound is above the plan
-    assert len(r) == 5 and float(r[4]["value"]) >= float(r[4]["best plan found there"])
+    assert len(r) == 5
+    found = float(r[4]["best plan found there"])  # nan when CP-SAT finds no plan in 1 s
+    assert found != found or float(r[4]["value"]) >= found
 
 
 def test_stream_adapter_benchmark_smoke(tmp_path):
