@@ -51,7 +51,6 @@ NEAR = 12          # single-count buckets on each side of the reference count
 MAX_TABLE = 4_000_000  # largest intermediate table of the elimination (entries)
 MAX_LABELS = 400      # buckets per group after refinement (MAX_TABLE also caps it)
 SPREAD_WORK = 20_000_000  # weights x single-count buckets sorted per term and iteration
-RESTART = True  # a stalled decomposition restarts from its best multipliers
 BUDGET_SEARCH_SHARE = 0.15  # of the bound's time, kept for the exact-budget search
 
 
@@ -153,7 +152,12 @@ def _tolerant(budget):
 
 def _bottom_prefix(v: np.ndarray) -> np.ndarray:
     """``p[n]`` = sum of the ``n`` smallest entries of ``v`` (``p[0] = 0``)."""
-    return np.concatenate([[0.0], np.cumsum(np.sort(v))])
+    return -_top_prefix(-v)
+
+
+def _padded(value: float) -> float:
+    """``value`` raised by its floating-point summation error (also when negative)."""
+    return value + 2e-12 * abs(value)
 
 
 @dataclass
@@ -281,7 +285,6 @@ class _Term:
             if value > best:
                 best, pick = value, ((rows, cols) if W is self.W else (cols, rows))
         return pick
-
 
     def _dropped_choice(self, which: int, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The rows and columns ``_dropped``'s bound number ``which`` (1-3) keeps at ``(m, k)``."""
@@ -467,11 +470,11 @@ class CountBound:
             budget = self.problem.constraints[r].budget
             slack[r] = budget - used
             scale += lam[r] * (abs(budget) + abs(const) + abs(used))
+        if value == -math.inf:  # no allowed combination (hard union tables, a search node's domains)
+            return -math.inf, labels, slack
         # the budgets as ChannelProblem.feasible reads them (a plan may sit a rounding error over)
         dual = value + float(lam @ np.array([_tolerant(self.problem.constraints[r].budget) - self.costs[r][2]
                                                for r in range(len(self.costs))]))
-        if value == -math.inf:  # no allowed combination (hard union tables, a search node's domains)
-            return -math.inf, labels, slack
         # value and lam * budget nearly cancel when lam is large: pad by their rounding error
         return dual + self.red.constant + 1e-12 * (scale + abs(self.red.constant)), labels, slack
 
@@ -528,7 +531,7 @@ class CountBound:
             try:  # Ctrl-C anywhere in an iteration: keep the best bound so far, let the caller stop
                 objective = self._objective_factors()
                 value, labels, _ = self._minimize_lam(objective, lam, scale, steps=14 if it == 0 else 8)
-                value = value + 2e-12 * abs(value)  # float summation margin
+                value = _padded(value)  # float summation margin
                 if not value >= best - 1e-12 * abs(best):  # best starts at inf
                     best, stale = value, 0
                     snapshot = (objective, self.costs, self.order, self.sizes, dict(self.buckets))
@@ -539,8 +542,7 @@ class CountBound:
                     stale += 1
                     if stale >= patience:  # smaller steps from the best multipliers so far
                         theta, stale = theta / 2, 0
-                        if RESTART:
-                            self._set_multipliers(best_multipliers)
+                        self._set_multipliers(best_multipliers)
                 history.append((time.perf_counter() - t0, best))
                 it += 1
                 if (refinements < max_refinements and time.perf_counter() - t0 <= loop_limit
@@ -606,18 +608,17 @@ class CountBound:
         The relaxed budgets of ``_minimize_lam`` give the convex hull of the count problem: its
         optimum mixes a plan over the budget with one under it. Branching separates them: the
         group whose bucket differs most between the two (relative to its size) is split
-        between them, and each side gets its own multipliers. Returns the bound and the number
+        between them, and each side gets its own budget multipliers. Returns the bound and the number
         of nodes."""
         def bound_of(domains: dict[int, np.ndarray]):
             extra = [Factor((g,), np.where(m, 0.0, -np.inf)) for g, m in domains.items()]
             lam = np.zeros(len(self.costs))
             value, labels, slack = self._minimize_lam(objective + extra, lam, scale, steps=12)
             _, over, _ = self._relaxed(objective + extra, lam * 0.995)  # the other side of lam
-            return value + 2e-12 * abs(value), labels, slack, over
+            return _padded(value), labels, slack, over
 
         def table_sum(labels: dict[int, int]) -> float:
-            total = self.red.constant + sum(float(f.table[tuple(labels[v] for v in f.vars)]) for f in objective)
-            return total + 2e-12 * abs(total)
+            return _padded(self.red.constant + sum(float(f.table[tuple(labels[v] for v in f.vars)]) for f in objective))
 
         budgets = np.array([c.budget for c in self.problem.constraints], dtype=np.float64)
         slack_tolerance = _tolerant(budgets) - budgets  # a plan on the budget may sum 1 ulp over it

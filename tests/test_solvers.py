@@ -280,8 +280,7 @@ def _lumpy_knapsack(seed: int, groups: int = 3, size: int = 6) -> ChannelProblem
     rng = np.random.default_rng(seed)
     linear = tuple(LinearTerm(g, rng.random(size) * (1 + g)) for g in range(groups))
     cost = QuadraticCost({}, {g: float(1 + g % 2) for g in range(groups)})
-    base = ChannelProblem((size,) * groups, (False,) * groups, linear=linear, round_to=(3,) * groups)
-    budget = cost.evaluate(base.sizes) * 0.6 + 1.0
+    budget = cost.evaluate(np.full(groups, size)) * 0.6 + 1.0
     return ChannelProblem((size,) * groups, (False,) * groups, linear=linear, round_to=(3,) * groups,
                           constraints=(ResourceConstraint("flops", cost, budget),))
 
