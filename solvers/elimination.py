@@ -66,22 +66,56 @@ def _expand(f: Factor, scope: tuple[int, ...]) -> np.ndarray:
 
 def max_sum(factors: list[Factor], order: list[int], sizes: dict[int, int]) -> tuple[float, dict[int, int]]:
     """``max over labels of sum(factors)`` and a maximizing label per variable."""
-    pool = list(factors)
-    steps = []
+    value, labels, _ = _eliminate(factors, order, sizes, marginals=False)
+    return value, labels
+
+
+def max_marginals(factors: list[Factor], order: list[int],
+                  sizes: dict[int, int]) -> tuple[float, dict[int, int], dict[int, np.ndarray]]:
+    """``max_sum``, and per variable its max-marginals: ``M[v][l]`` = the largest sum with
+    ``v`` at label ``l`` (the elimination's cliques calibrated by a backward pass)."""
+    return _eliminate(factors, order, sizes, marginals=True)
+
+
+def _eliminate(factors: list[Factor], order: list[int], sizes: dict[int, int], marginals: bool):
+    pool = [(f, None) for f in factors]  # (factor, the step whose message it is)
+    steps = []  # (variable, scope, clique table, message, steps whose messages it consumed)
     for v in order:
-        touching = [f for f in pool if v in f.vars]
-        pool = [f for f in pool if v not in f.vars]
-        scope = tuple(sorted({u for f in touching for u in f.vars} | {v}))
+        touching = [(f, src) for f, src in pool if v in f.vars]
+        pool = [(f, src) for f, src in pool if v not in f.vars]
+        scope = tuple(sorted({u for f, _ in touching for u in f.vars} | {v}))
         total = np.zeros([sizes[u] for u in scope])
-        for f in touching:
+        for f, _ in touching:
             total = total + _expand(f, scope)
-        axis = scope.index(v)
         rest = tuple(u for u in scope if u != v)
-        steps.append((v, scope, total))
-        pool.append(Factor(rest, total.max(axis=axis)))
-    value = float(sum(float(f.table) for f in pool))  # every remaining factor is a scalar
+        message = Factor(rest, total.max(axis=scope.index(v)))
+        steps.append((v, scope, total, message, [src for _, src in touching if src is not None]))
+        pool.append((message, len(steps) - 1))
+    value = float(sum(float(f.table) for f, _ in pool))  # every remaining factor is a scalar
     labels: dict[int, int] = {}
-    for v, scope, total in reversed(steps):
+    for v, scope, total, _, _ in reversed(steps):
         index = tuple(slice(None) if u == v else labels[u] for u in scope)
         labels[v] = int(np.argmax(total[index]))
-    return value, labels
+    if not marginals:
+        return value, labels, None
+    out: dict[int, np.ndarray] = {}
+    down: dict[int, np.ndarray] = {}  # message from a step's parent, over the step's message scope
+    with np.errstate(invalid="ignore"):
+        for i in range(len(steps) - 1, -1, -1):
+            v, scope, total, message, children = steps[i]
+            belief = total + (_expand(Factor(message.vars, down[i]), scope) if i in down else 0.0)
+            component = float(belief.max())  # this clique's connected part of the sum
+            axes = tuple(a for a, u in enumerate(scope) if u != v)
+            mine = belief.max(axis=axes) if axes else belief
+            out[v] = mine - component + value if np.isfinite(component) else np.full(sizes[v], -np.inf)
+            for j in children:
+                child = steps[j][3]
+                rest = belief - _expand(child, scope)
+                rest = np.where(np.isnan(rest), -np.inf, rest)  # -inf - -inf: that combination is forbidden
+                keep = [scope.index(u) for u in child.vars]
+                drop = tuple(a for a in range(len(scope)) if a not in keep)
+                reduced = rest.max(axis=drop) if drop else rest
+                # axes of ``reduced`` follow ``scope``'s order of child.vars
+                order_in_scope = sorted(child.vars, key=scope.index)
+                down[j] = np.transpose(reduced, [order_in_scope.index(u) for u in child.vars])
+    return value, labels, out

@@ -286,7 +286,7 @@ def _lumpy_knapsack(seed: int, groups: int = 3, size: int = 6) -> ChannelProblem
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_exact_budget_search_closes_the_relaxed_budget_gap(seed):
+def test_branch_and_bound_closes_the_relaxed_budget_gap(seed):
     from qcqp_prune.solvers.bounds import CountBound
     from qcqp_prune.solvers.reduced import reduce_problem
     p = _lumpy_knapsack(seed)
@@ -295,32 +295,111 @@ def test_exact_budget_search_closes_the_relaxed_budget_gap(seed):
     relaxed, _ = cb.solve(time_limit=10.0, lower=0.0, iterations=1)   # budgets relaxed only
     bound, info = CountBound(p, reduce_problem(p)).solve(time_limit=10.0, lower=0.0)
     assert relaxed > best * (1 + 1e-6)          # the relaxation alone has a duality gap here
-    assert info["count_bound_budget_search"] == pytest.approx(best, rel=1e-9)
-    assert bound == pytest.approx(best, rel=1e-9)
+    assert info["count_bound_branch_and_bound"] == pytest.approx(best, rel=1e-9)
+    assert bound == pytest.approx(best, rel=1e-9) and info["count_bound_nodes"] > 1
     sol = solve_channels(p, "cpsat", time_limit=10.0)
     assert sol.status is Status.OPTIMAL and sol.objective == pytest.approx(best, rel=1e-9)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(problems(max_channels=15, max_size=10), st.sampled_from([0, 12]), st.floats(0.5, 1.0))
-def test_exact_budget_search_is_between_the_optimum_and_the_relaxed_bound(problem, near, aim):
-    """On the tables of the best multipliers, stopped at any node budget (``aim`` below the
-    optimum prunes less): never below the optimum, never above the relaxed budgets' value."""
+@given(problems(max_channels=15, max_size=10), st.sampled_from([0, 12]), st.floats(0.5, 1.0),
+       st.sampled_from([0.0, 0.05]), st.sampled_from([0, 1, 5]))
+def test_branch_and_bound_is_between_the_optimum_and_its_root(problem, near, aim, target_gap, iterations):
+    """From the root's multipliers, stopped at once or run to the end, with ``lower`` anywhere
+    up to the optimum itself (the most a caller may pass; counts and nodes below it are
+    dropped) and with a target gap: never below the optimum, never above the root."""
     from qcqp_prune.solvers.bounds import CountBound
     from qcqp_prune.solvers.reduced import reduce_problem
     best = solve_channels(problem, "exhaustive").objective
     cb = CountBound(problem, reduce_problem(problem), near=near)
-    if not problem.constraints or not cb.red.prunable:
+    if not cb.red.prunable:
         return
     full = np.array([c.cost.evaluate(problem.sizes) for c in problem.constraints])
     scale = (abs(best) + 1.0) / np.maximum(full, 1e-300)
-    objective = cb._objective_factors()
-    relaxed, _, _ = cb._minimize_lam(objective, np.zeros(len(full)), scale, steps=12)  # as its root
+    lam = np.zeros(len(full))
+    root, _, _ = cb._minimize_lam(cb._objective_factors(), lam, scale, steps=12)
+    state = (cb._multipliers(), lam, cb._domain(), root)
     for seconds in (0.0, 10.0):
-        searched, nodes = cb.budget_search(objective, aim * best, scale, time.perf_counter() + seconds)
+        searched, nodes = cb.branch_and_bound(state, aim * best, scale, time.perf_counter() + seconds,
+                                              target_gap=target_gap, iterations=iterations)
         assert searched >= best * (1 - 1e-9) - 1e-9
-        assert searched <= relaxed * (1 + 1e-9) + 1e-9 and nodes >= 1
+        assert searched <= root * (1 + 1e-9) + 1e-9 and nodes >= 1
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(problems(max_channels=15, max_size=10), st.sampled_from([0, 12]), st.sampled_from([2, None]),
+       st.booleans())
+def test_count_bound_with_the_optimum_as_lower_never_cuts_it_off(problem, near, iterations, centred):
+    """``lower`` equal to the optimum drops the most (counts by max-marginal, closed nodes):
+    the plan with the optimal objective must survive, so the bound is never below it."""
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    best = solve_channels(problem, "exhaustive")
+    cb = CountBound(problem, reduce_problem(problem), problem.counts(best.masks) if centred else None, near=near)
+    bound, info = cb.solve(time_limit=5.0, lower=best.objective, iterations=iterations)
+    assert bound >= best.objective * (1 - 1e-9) - 1e-9
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(problems(max_channels=15, max_size=10), st.sampled_from([0, 12]))
+def test_pruned_counts_keep_the_optimal_plans_counts(problem, near):
+    from qcqp_prune.solvers.bounds import CountBound
+    from qcqp_prune.solvers.reduced import reduce_problem
+    best = solve_channels(problem, "exhaustive")
+    cb = CountBound(problem, reduce_problem(problem), near=near)
+    if not cb.red.prunable:
+        return
+    before = {g: set(cb.buckets[g].allowed.tolist()) for g in cb.vars}
+    lam = np.zeros(len(problem.constraints))
+    full = np.array([c.cost.evaluate(problem.sizes) for c in problem.constraints])
+    objective = cb._objective_factors()
+    cb._minimize_lam(objective, lam, (abs(best.objective) + 1.0) / np.maximum(full, 1e-300), steps=12)
+    cb.prune_counts(objective, lam, best.objective)
+    counts = problem.counts(best.masks)
+    for g in cb.vars:
+        left = set(cb.buckets[g].allowed.tolist())
+        assert int(counts[g]) in left and left <= before[g]
+        b = cb.buckets[g]
+        assert b.starts[0] == 0 and np.all(np.diff(b.starts) > 0) and b.starts[-1] < len(b.allowed)
+
+
+def test_restricted_buckets_keep_the_bucket_boundaries():
+    from qcqp_prune.solvers.bounds import Buckets
+    b = Buckets(np.arange(1, 11), np.array([0, 3, 4, 8]))   # {1,2,3} {4} {5..8} {9,10}
+    r = b.restricted(np.array([1, 0, 1, 0, 0, 0, 0, 1, 1, 1], dtype=bool))
+    assert r.allowed.tolist() == [1, 3, 8, 9, 10]
+    assert r.lo.tolist() == [1, 8, 9] and r.hi.tolist() == [3, 8, 10]
+
+
+def test_max_marginals_match_enumeration():
+    import itertools
+    from qcqp_prune.solvers.elimination import Factor, elimination_order, max_marginals
+    rng = np.random.default_rng(1)
+    for trial in range(150):
+        n = int(rng.integers(1, 6))
+        sizes = {v: int(rng.integers(1, 4)) for v in range(n)}
+        factors, edges = [], set()
+        for _ in range(int(rng.integers(1, 8))):
+            scope = tuple(sorted(rng.choice(n, int(rng.integers(1, min(3, n) + 1)), replace=False).tolist()))
+            table = rng.normal(size=[sizes[v] for v in scope])
+            table[rng.random(table.shape) < 0.15] = -np.inf     # forbidden combinations
+            factors.append(Factor(scope, table))
+            edges |= {(a, b) for a in scope for b in scope if a < b}
+        order, _ = elimination_order(list(range(n)), edges, sizes)
+        value, labels, marginals = max_marginals(factors, order, sizes)
+        brute = {v: np.full(sizes[v], -np.inf) for v in range(n)}
+        for combo in itertools.product(*[range(sizes[v]) for v in range(n)]):
+            total = sum(f.table[tuple(combo[v] for v in f.vars)] for f in factors)
+            for v in range(n):
+                brute[v][combo[v]] = max(brute[v][combo[v]], total)
+        assert value == pytest.approx(max(brute[0].max(), -np.inf), abs=1e-12) or value == brute[0].max()
+        for v in range(n):
+            finite = np.isfinite(brute[v])
+            assert np.array_equal(finite, np.isfinite(marginals[v]))
+            assert np.allclose(marginals[v][finite], brute[v][finite], atol=1e-12)
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
@@ -385,3 +464,11 @@ def test_count_bound_holds_for_a_plan_a_rounding_error_over_the_budget():
                        constraints=(ResourceConstraint("c", QuadraticCost({}, {0: 1.0, 1: 2.0}), 4.0 - 5e-10),))
     best = solve_channels(q, "exhaustive").objective
     assert CountBound(q, reduce_problem(q)).solve(time_limit=2.0, lower=0.0)[0] >= best
+
+
+def test_padding_keeps_an_empty_box_at_minus_infinity():
+    """A box without allowed combinations (union count rules) bounds at -inf; padding it for
+    float error once gave NaN, and NaN steps broke the union problems' branch and bound."""
+    import math
+    from qcqp_prune.solvers.bounds import _padded
+    assert _padded(-math.inf) == -math.inf and _padded(2.0) > 2.0 and _padded(-2.0) > -2.0
