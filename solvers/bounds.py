@@ -516,7 +516,9 @@ class CountBound:
         removed = 0
         for g in self.vars:
             b = self.buckets[g]
-            bound = marg[g] + 1e-9 * (abs(marg[g]) + abs(lower)) + 2e-12 * abs(value)
+            m = marg[g]  # -inf: no allowed combination has a count in that bucket
+            bound = np.where(np.isfinite(m), m + 1e-9 * (np.abs(np.where(np.isfinite(m), m, 0.0)) + abs(lower))
+                             + 2e-12 * abs(value), m)
             drop = bound < lower
             if not drop.any() or drop.all():
                 continue  # all gone means the bound is below ``lower``: the caller stops anyway
