@@ -28,7 +28,8 @@ OPTIONS = {  # back-end options accepted through ``**options`` (anything else is
 }
 RESOLUTION_GAP = 1e-6  # a back-end's OPTIMAL within this relative gap (importance rounding) stays OPTIMAL
 # default bound_time: 75% of time_limit, but the back-end keeps 15 s to load its model and
-# improve the greedy plan (short limits: 70%, as CP-SAT needs about 0.6 s on a 300-channel model)
+# improve the greedy plan; short limits give the bound 30% (CP-SAT needs about 0.6 s for its
+# first plan on a 300-channel problem)
 BOUND_SHARE, BACKEND_SECONDS, SHORT_BOUND_SHARE = 0.75, 15.0, 0.3
 
 
@@ -94,10 +95,10 @@ def solve_channels(
     bound, its Lagrangian decomposition and a branch and bound over counts (``bounds.py``)
     for ``bound_time`` seconds (default 75% of ``time_limit`` less what leaves the back-end
     15 s, at least 30%: 45 s of 60, 3 s of 10; on real networks the back-ends improve on
-    neither the greedy plan nor this bound); it stops
-    early once it proves the greedy plan optimal (or within ``gap_limit``). The reported bound
-    is the smaller of it and the back-end's, and CP-SAT also gets it as a cut. ``gap_limit`` (default 0: prove optimality)
-    stops as soon as the certified relative gap is at most this value.
+    neither the greedy plan nor this bound); it stops early once it proves the greedy plan
+    optimal (or within ``gap_limit``). The reported bound is the smaller of it and the
+    back-end's, and CP-SAT also gets it as a cut. ``gap_limit`` (default 0: prove
+    optimality) stops as soon as the certified relative gap is at most this value.
     """
     if solver not in BACKENDS:
         raise ValueError(f"solver={solver!r} is not a known back-end; use one of {sorted(BACKENDS)}")

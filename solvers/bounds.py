@@ -84,7 +84,6 @@ class Buckets:
 
     def restricted(self, keep: np.ndarray) -> "Buckets":
         """The buckets over the counts ``allowed[keep]`` (empty buckets dropped, the rest kept)."""
-        ends = np.append(self.starts[1:], len(self.allowed))
         left = np.add.reduceat(keep.astype(np.int64), self.starts)
         starts = np.concatenate([[0], np.cumsum(left)[:-1]])[left > 0]
         return Buckets(self.allowed[keep], starts.astype(np.int64))
@@ -516,10 +515,9 @@ class CountBound:
         removed = 0
         for g in self.vars:
             b = self.buckets[g]
-            m = marg[g]  # -inf: no allowed combination has a count in that bucket
-            bound = np.where(np.isfinite(m), m + 1e-9 * (np.abs(np.where(np.isfinite(m), m, 0.0)) + abs(lower))
-                             + 2e-12 * abs(value), m)
-            drop = bound < lower
+            m = marg[g]  # -inf: no allowed combination has a count in that bucket (dropped)
+            pad = 1e-9 * (np.abs(np.where(np.isfinite(m), m, 0.0)) + abs(lower)) + 2e-12 * abs(value)
+            drop = m + pad < lower
             if not drop.any() or drop.all():
                 continue  # all gone means the bound is below ``lower``: the caller stops anyway
             keep = np.repeat(~drop, np.diff(np.append(b.starts, len(b.allowed))))
@@ -761,8 +759,8 @@ class CountBound:
     def _node(self, domain: dict[int, np.ndarray], multipliers: tuple, lam: np.ndarray, lower: float,
               scale: np.ndarray, close: float, iterations: int, deadline: float,
               parent: dict[int, Buckets] | None = None):
-        """Bound the plans with counts in ``domain``: (bound, best multipliers, lam, domain
-        left after pruning, split or None)."""
+        """Bound the plans with counts in ``domain``: (bound, best multipliers, lam, buckets
+        left after pruning and refinement, split or None)."""
         self._set_domain(domain, parent)
         self._set_multipliers(multipliers)
         best, best_state, steps, theta, extra = math.inf, None, 0, NODE_THETA, 0

@@ -112,10 +112,7 @@ def _eliminate(factors: list[Factor], order: list[int], sizes: dict[int, int], m
                 child = steps[j][3]
                 rest = belief - _expand(child, scope)
                 rest = np.where(np.isnan(rest), -np.inf, rest)  # -inf - -inf: that combination is forbidden
-                keep = [scope.index(u) for u in child.vars]
-                drop = tuple(a for a in range(len(scope)) if a not in keep)
-                reduced = rest.max(axis=drop) if drop else rest
-                # axes of ``reduced`` follow ``scope``'s order of child.vars
-                order_in_scope = sorted(child.vars, key=scope.index)
-                down[j] = np.transpose(reduced, [order_in_scope.index(u) for u in child.vars])
+                # both scopes are sorted, so what is left after the max is in child.vars' order
+                drop = tuple(a for a, u in enumerate(scope) if u not in child.vars)
+                down[j] = rest.max(axis=drop) if drop else rest
     return value, labels, out
