@@ -121,7 +121,9 @@ def _layered(seed: int = 0, size: int = 24, n: int = 5, frac: float = 0.5) -> Ch
 
 def test_time_limit_returns_best_feasible_plan_with_gap():
     p = _layered(size=48, n=6)
-    sol = solve_channels(p, "cpsat", time_limit=1.0)
+    # 2 s: CP-SAT needs about 0.6 s for its first plan here; with 1 s it got 0.7 s after the
+    # bound and once in four full runs under load found none (greedy fallback instead)
+    sol = solve_channels(p, "cpsat", time_limit=2.0)
     assert sol.status is Status.FEASIBLE and sol.stop_reason == "time_limit"
     assert sol.bound is not None and sol.gap > 0 and p.feasible(sol.masks)
 
