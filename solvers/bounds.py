@@ -5,7 +5,8 @@ Count bound. For a term ``x_g^T W x_h`` and counts ``(m, k)``, no ``m x k`` subm
 largest row-wise top-``k`` sums and ``C`` is the column analogue; a linear term keeps at most
 its top-``m`` prefix sum. Near full counts the dropped rows and columns bound it more
 tightly (``_Term._dropped``: the total, less the smallest row and column sums, plus what the
-dropped block can hold). Every term becomes a table over counts, the budgets are costs over
+dropped block can hold), and well inside the layer the centred matrix does (``_Term._spectral``:
+row and column effects exactly, the rest through its spectral norm). Every term becomes a table over counts, the budgets are costs over
 counts, and "maximize the sum of tables under the budgets" is a problem over one integer per
 group. Its budgets are relaxed with multipliers ``lam >= 0`` (any ``lam`` gives a valid bound;
 we search for the smallest), and each relaxed problem is an exact max-sum over the group graph
@@ -171,6 +172,19 @@ def _bottom_prefix(v: np.ndarray) -> np.ndarray:
     return -_top_prefix(-v)
 
 
+def _centred(W: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """``W = mean + r_i + c_j + E_ij`` with centred row and column effects ``r``, ``c``:
+    ``(mean, r, c, ||E||_2)``, the spectral norm from the Gram matrix's largest eigenvalue,
+    raised by its rounding error so that it never falls below the true norm."""
+    mean = float(W.mean())
+    r, c = W.mean(axis=1) - mean, W.mean(axis=0) - mean
+    E = W - mean - r[:, None] - c[None, :]
+    gram = E.T @ E if E.shape[0] >= E.shape[1] else E @ E.T
+    top = float(np.linalg.eigvalsh(gram)[-1]) if gram.size else 0.0
+    frob = float(np.trace(gram))
+    return mean, r, c, math.sqrt(max(top, 0.0) + 1e-12 * frob * max(gram.shape, default=1)) * (1 + 1e-12)
+
+
 def _padded(value: float) -> float:
     """``value`` raised by its floating-point summation error (also when negative; -inf, a
     box without allowed combinations, stays -inf)."""
@@ -196,6 +210,7 @@ class _Term:
             z = np.zeros((self.W.shape[1], 1))
             self.col_top = np.hstack([z, np.cumsum(-np.sort(-self.W.T, axis=1), axis=1)])
             self.row_sum, self.col_sum, self.total = self.W.sum(axis=1), self.W.sum(axis=0), float(self.W.sum())
+            self.mean, self.row_effect, self.col_effect, self.residual_norm = _centred(self.W)
         self._last: tuple | None = None  # the latest table's parts, for ``choice``
         self.mu_g = np.zeros(self.W.shape[0])
         self.mu_h = np.zeros(self.W.shape[1])
@@ -219,7 +234,7 @@ class _Term:
         rows = self._oriented(self.W, self.row_top, self.mu_g, self.mu_h, bg, bh, b_best)
         cols = self._oriented(self.W.T, self.col_top, self.mu_h, self.mu_g, bh, bg, a_best).T
         kept = np.minimum(rows, cols)
-        dropped = self._dropped(bg, bh)
+        dropped = self._dropped(bg, bh) + [self._spectral(bg, bh)]
         self._last = (bg, bh, kept, dropped)
         return np.minimum(kept, np.minimum.reduce(dropped))
 
@@ -280,6 +295,8 @@ class _Term:
             values = [kept[lg, lh]] + [t[lg, lh] for t in dropped]
             which = int(np.argmin(values))
             if which and bg.lo[lg] == bg.hi[lg] and bh.lo[lh] == bh.hi[lh]:
+                if which == len(values) - 1:
+                    return self._spectral_choice(int(bg.lo[lg]), int(bh.lo[lh]))
                 return self._dropped_choice(which, int(bg.lo[lg]), int(bh.lo[lh]))
         if self.g == self.h:
             score = self.row_top[:, max(bg.hi[lg] - 1, 0)] + self.mu_g
@@ -302,6 +319,37 @@ class _Term:
             if value > best:
                 best, pick = value, ((rows, cols) if W is self.W else (cols, rows))
         return pick
+
+    def _spectral(self, bg: Buckets, bh: Buckets) -> np.ndarray:
+        """Bound through the centred matrix: with ``W = mean + r_i + c_j + E_ij`` (row and
+        column effects, ``_centred``), ``W[S, T] + mu_g(S) + mu_h(T) = sum_{i in S} (k r_i +
+        mu_g_i) + sum_{j in T} (m c_j + mu_h_j) + m k mean + 1_S^T E 1_T``; the first two
+        sums are at most their top-``m`` and top-``k`` prefix sums (exact), and the last is at
+        most ``||E||_2 sqrt(m k)``. Where both counts sit well inside the layer, this is far
+        tighter than the row- and column-wise bounds, which let every row pick its own best
+        columns (ResNet-50 at 30% FLOPs: 480 against 557 on a 512 x 256 term at counts
+        (322, 141), whose best submatrix found holds 399).
+
+        Per bucket pair: the row part is convex in ``k`` (a top-``m`` sum of a vector affine
+        in ``k``), so its largest value over the bucket of ``k`` is at one of its ends, and
+        likewise the column part in ``m``; the rest grows with both counts."""
+        def part(effect, mu, b: Buckets, other: Buckets) -> np.ndarray:
+            ends = np.union1d(other.lo, other.hi)
+            best = b.best_columns(_prefix_columns(effect[:, None] * ends[None, :] + mu[:, None], largest=True))
+            lo, hi = np.searchsorted(ends, other.lo), np.searchsorted(ends, other.hi)
+            return np.maximum(best[:, lo], best[:, hi])  # (buckets of b, buckets of other)
+
+        rows = part(self.row_effect, self.mu_g, bg, bh)
+        cols = part(self.col_effect, self.mu_h, bh, bg).T
+        mk = np.outer(bg.hi, bh.hi).astype(np.float64)
+        return rows + cols + mk * self.mean + self.residual_norm * np.sqrt(mk)
+
+    def _spectral_choice(self, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows and columns ``_spectral``'s separable part keeps at ``(m, k)``."""
+        rows, cols = np.zeros(self.W.shape[0], bool), np.zeros(self.W.shape[1], bool)
+        rows[np.argsort(-(k * self.row_effect + self.mu_g), kind="stable")[:m]] = True
+        cols[np.argsort(-(m * self.col_effect + self.mu_h), kind="stable")[:k]] = True
+        return rows, cols
 
     def _dropped_choice(self, which: int, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The rows and columns ``_dropped``'s bound number ``which`` (1-3) keeps at ``(m, k)``."""
