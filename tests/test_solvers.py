@@ -476,7 +476,8 @@ def test_centred_spectral_table_is_tighter_inside_a_noisy_layer():
         rows = np.argsort(-W[:, cols].sum(axis=1))[:m]
     found = W[np.ix_(rows, cols)].sum()
     row_wise = np.sort(np.sort(W, axis=1)[:, -k:].sum(axis=1))[-m:].sum()  # top m rows of top-k sums
-    assert found <= table <= 0.85 * row_wise   # 8835 <= 11479 against 14338
+    assert found <= table <= 0.75 * row_wise   # 8835 <= 9738 against 14338
+    assert table <= 1.15 * found
 
 
 @pytest.mark.parametrize("seed", range(30))
