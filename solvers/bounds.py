@@ -5,9 +5,9 @@ Count bound. For a term ``x_g^T W x_h`` and counts ``(m, k)``, no ``m x k`` subm
 largest row-wise top-``k`` sums and ``C`` is the column analogue; a linear term keeps at most
 its top-``m`` prefix sum. Near full counts the dropped rows and columns bound it more
 tightly (``_Term._dropped``: the total, less the smallest row and column sums, plus what the
-dropped block can hold), and well inside the layer the centred matrix does (``_Term._spectral``:
-row and column effects exactly, the rest through its spectral norm). Every term becomes a table over counts, the budgets are costs over
-counts, and "maximize the sum of tables under the budgets" is a problem over one integer per
+dropped block can hold), and well inside the layer the centred matrix does
+(``_Term._centred_bound``: row and column effects exactly, the rest through its spectral
+norm). Every term becomes a table over counts, the budgets are costs over counts, and "maximize the sum of tables under the budgets" is a problem over one integer per
 group. Its budgets are relaxed with multipliers ``lam >= 0`` (any ``lam`` gives a valid bound;
 we search for the smallest), and each relaxed problem is an exact max-sum over the group graph
 (``elimination.py``). Large groups are bucketed: a bucket's table entry is the largest value
@@ -234,9 +234,9 @@ class _Term:
         rows = self._oriented(self.W, self.row_top, self.mu_g, self.mu_h, bg, bh, b_best)
         cols = self._oriented(self.W.T, self.col_top, self.mu_h, self.mu_g, bh, bg, a_best).T
         kept = np.minimum(rows, cols)
-        dropped = self._dropped(bg, bh) + [self._spectral(bg, bh)]
-        self._last = (bg, bh, kept, dropped)
-        return np.minimum(kept, np.minimum.reduce(dropped))
+        others = self._dropped(bg, bh) + [self._centred_bound(bg, bh)]
+        self._last = (bg, bh, kept, others)
+        return np.minimum(kept, np.minimum.reduce(others))
 
     def _dropped(self, bg: Buckets, bh: Buckets) -> list[np.ndarray]:
         """Bounds through the dropped rows ``D`` and columns ``E`` (``d = n - m``, ``e = q - k``):
@@ -289,14 +289,15 @@ class _Term:
 
     def choice(self, bg: Buckets, bh: Buckets, lg: int, lh: int) -> tuple[np.ndarray, np.ndarray]:
         """Masks of the copy near the table's maximizer at buckets ``(lg, lh)``: of the
-        dropped-channel bound where that one set the table entry (single counts only)."""
+        dropped-channel or centred bound where that one set the table entry (single counts
+        only)."""
         if self.g != self.h and self._last is not None and self._last[0] is bg and self._last[1] is bh:
-            kept, dropped = self._last[2], self._last[3]
-            values = [kept[lg, lh]] + [t[lg, lh] for t in dropped]
+            kept, others = self._last[2], self._last[3]
+            values = [kept[lg, lh]] + [t[lg, lh] for t in others]
             which = int(np.argmin(values))
             if which and bg.lo[lg] == bg.hi[lg] and bh.lo[lh] == bh.hi[lh]:
                 if which == len(values) - 1:
-                    return self._spectral_choice(int(bg.lo[lg]), int(bh.lo[lh]))
+                    return self._centred_choice(int(bg.lo[lg]), int(bh.lo[lh]))
                 return self._dropped_choice(which, int(bg.lo[lg]), int(bh.lo[lh]))
         if self.g == self.h:
             score = self.row_top[:, max(bg.hi[lg] - 1, 0)] + self.mu_g
@@ -320,7 +321,7 @@ class _Term:
                 best, pick = value, ((rows, cols) if W is self.W else (cols, rows))
         return pick
 
-    def _spectral(self, bg: Buckets, bh: Buckets) -> np.ndarray:
+    def _centred_bound(self, bg: Buckets, bh: Buckets) -> np.ndarray:
         """Bound through the centred matrix: with ``W = mean + r_i + c_j + E_ij`` (row and
         column effects, ``_centred``), ``W[S, T] + mu_g(S) + mu_h(T) = sum_{i in S} (k r_i +
         mu_g_i) + sum_{j in T} (m c_j + mu_h_j) + m k mean + 1_S^T E 1_T``; the first two
@@ -328,8 +329,9 @@ class _Term:
         columns sum to zero, so ``1_S^T E 1_T = (1_S - m/n)^T E (1_T - k/q)``, at most
         ``||E||_2 sqrt(m (n - m) / n * k (q - k) / q)`` (zero when a side is kept whole).
         Where both counts sit well inside the layer, this is far tighter than the row- and
-        column-wise bounds, which let every row pick its own best columns (ResNet-50 at 30% FLOPs: 426 against 557 on a 512 x 256 term at counts
-        (322, 141), whose best submatrix found holds 399).
+        column-wise bounds, which let every row pick its own best columns (ResNet-50 at 30%
+        FLOPs: 426 against 557 on a 512 x 256 term at counts (322, 141), whose best
+        submatrix found holds 399).
 
         Per bucket pair: the row part is convex in ``k`` (a top-``m`` sum of a vector affine
         in ``k``), so its largest value over the bucket of ``k`` is at one of its ends, and
@@ -351,8 +353,8 @@ class _Term:
         residual = self.residual_norm * np.sqrt(np.outer(spread(bg, self.W.shape[0]), spread(bh, self.W.shape[1])))
         return rows + cols + mk * self.mean + residual
 
-    def _spectral_choice(self, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows and columns ``_spectral``'s separable part keeps at ``(m, k)``."""
+    def _centred_choice(self, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows and columns ``_centred_bound``'s separable part keeps at ``(m, k)``."""
         rows, cols = np.zeros(self.W.shape[0], bool), np.zeros(self.W.shape[1], bool)
         rows[np.argsort(-(k * self.row_effect + self.mu_g), kind="stable")[:m]] = True
         cols[np.argsort(-(m * self.col_effect + self.mu_h), kind="stable")[:k]] = True

@@ -452,7 +452,7 @@ def test_centred_spectral_table_bounds_every_submatrix(n, q, near, seed, heavy):
     assert norm >= np.linalg.norm(W - mean - r[:, None] - c[None, :], 2)
     bg = make_buckets(list(range(n + 1)), int(rng.integers(0, n + 1)), near)
     bh = make_buckets(list(range(q + 1)), int(rng.integers(0, q + 1)), near)
-    table = term._spectral(bg, bh)
+    table = term._centred_bound(bg, bh)
     for i in range(len(bg)):
         for j in range(len(bh)):
             cell = max(W[np.ix_(rows, cols)].sum() + term.mu_g[list(rows)].sum() + term.mu_h[list(cols)].sum()
