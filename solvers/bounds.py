@@ -7,8 +7,9 @@ its top-``m`` prefix sum. Near full counts the dropped rows and columns bound it
 tightly (``_Term._dropped``: the total, less the smallest row and column sums, plus what the
 dropped block can hold), and well inside the layer the centred matrix does
 (``_Term._centred_bound``: row and column effects exactly, the rest through its spectral
-norm). Every term becomes a table over counts, the budgets are costs over counts, and "maximize the sum of tables under the budgets" is a problem over one integer per
-group. Its budgets are relaxed with multipliers ``lam >= 0`` (any ``lam`` gives a valid bound;
+norm). Every term becomes a table over counts, the budgets are costs over counts, and
+"maximize the sum of tables under the budgets" is a problem over one integer per group. Its
+budgets are relaxed with multipliers ``lam >= 0`` (any ``lam`` gives a valid bound;
 we search for the smallest), and each relaxed problem is an exact max-sum over the group graph
 (``elimination.py``). Large groups are bucketed: a bucket's table entry is the largest value
 over its counts and its cost the smallest, so bucketing only loosens the bound; buckets are
@@ -393,6 +394,7 @@ class CountBound:
         self.nu = {(v, u): np.zeros(problem.sizes[v]) for v, inputs in self.unions for u in inputs}
         self.rho = {v: np.zeros(problem.sizes[v]) for v, _ in self.unions}
         self.joint = True  # one table per union over the derived group and all its inputs
+        self._evaluation = 0.0  # seconds of the latest evaluation (tables, budget multipliers): what one more costs
         self.base_edges = edges
         self._rebuild()
         if self.unions and not self.tractable:  # pairwise count relations keep the graph sparser
@@ -645,9 +647,11 @@ class CountBound:
         loop_limit = time_limit * ROOT_SHARE if branching else time_limit
         while True:
             try:  # Ctrl-C anywhere in an iteration: keep the best bound so far, let the caller stop
+                started = time.perf_counter()
                 objective = self._objective_factors()
                 value, labels, _ = self._minimize_lam(objective, lam, scale, steps=14 if it == 0 else 8)
                 value = _padded(value)  # float summation margin
+                self._evaluation = time.perf_counter() - started
                 if not value >= best - 1e-12 * abs(best):  # best starts at inf
                     best, stale = value, 0
                     best_state = (self._multipliers(), lam.copy(), self._domain())
@@ -660,18 +664,20 @@ class CountBound:
                         self._set_multipliers(best_state[0])
                 history.append((time.perf_counter() - t0, best))
                 it += 1
-                if (refinements < max_refinements and time.perf_counter() - t0 <= loop_limit
+                if (refinements < max_refinements and time.perf_counter() - t0 + self._evaluation <= loop_limit
                         and not (iterations is not None and it >= iterations) and self.refine(labels)):
                     refinements += 1
                     stale = 0
                     continue  # re-solve with the chosen buckets split before moving the multipliers
-                if (prune and iterations != 1 and value > lower and time.perf_counter() - t0 <= loop_limit
+                if (prune and iterations != 1 and value > lower
+                        and time.perf_counter() - t0 + self._evaluation <= loop_limit
                         and self.prune_counts(objective, lam, lower)):
                     pruned += 1
                     continue  # re-solve on the counts left before moving the multipliers
                 gap = (best - lower) / max(abs(best), 1e-300)
                 if (gap <= max(target_gap, 1e-9) or (iterations is not None and it >= iterations)
-                        or time.perf_counter() - t0 > loop_limit or theta < 1e-5 or not (self.terms or self.unions)):
+                        or time.perf_counter() - t0 + self._evaluation > loop_limit  # no time for another
+                        or theta < 1e-5 or not (self.terms or self.unions)):
                     break
                 if not self._step(labels, value, lower, theta):
                     break  # copies agree with the groups: the decomposition cannot get tighter here
@@ -787,7 +793,7 @@ class CountBound:
             heap.append((-value, count, (buckets, multipliers, lam, split)))
         else:
             leaves = value
-        while heap and time.perf_counter() < deadline:
+        while heap and time.perf_counter() + self._evaluation < deadline:
             value, _, node = heapq.heappop(heap)
             buckets, multipliers, lam, split = node
             domain = {g: b.allowed for g, b in buckets.items()}
@@ -796,7 +802,7 @@ class CountBound:
                 continue
             g, cut = split
             for part in (domain[g][domain[g] <= cut], domain[g][domain[g] > cut]):
-                if time.perf_counter() >= deadline:
+                if time.perf_counter() + self._evaluation >= deadline:  # a child needs one evaluation
                     count += 1
                     heapq.heappush(heap, (value, count, node))
                     break
@@ -822,12 +828,14 @@ class CountBound:
         self._set_multipliers(multipliers)
         best, best_state, steps, theta, extra = math.inf, None, 0, NODE_THETA, 0
         while True:
+            started = time.perf_counter()
             objective = self._objective_factors()
             value, labels, _ = self._minimize_lam(objective, lam, scale, steps=8)
             value = _padded(value)
+            self._evaluation = time.perf_counter() - started
             if value < best:
                 best, best_state = value, (self._multipliers(), lam.copy())
-            if best <= close or steps >= iterations or time.perf_counter() >= deadline:
+            if best <= close or steps >= iterations or time.perf_counter() + self._evaluation >= deadline:
                 break
             if extra < 4 and (self.refine(labels) or (value > lower and self.prune_counts(objective, lam, lower))):
                 extra += 1
@@ -837,8 +845,8 @@ class CountBound:
                 break
         multipliers, lam = best_state if best_state is not None else (multipliers, lam)
         domain, buckets = self._domain(), dict(self.buckets)
-        if best <= close or best == -math.inf:
-            return best, multipliers, lam, buckets, None
+        if best <= close or best == -math.inf or time.perf_counter() + self._evaluation >= deadline:
+            return best, multipliers, lam, buckets, None  # no time to choose a split: a leaf (still counted)
         self._set_multipliers(multipliers)
         objective = self._objective_factors()
         value, labels, _ = self._relaxed(objective, lam)
