@@ -27,8 +27,8 @@ OPTIONS = {  # back-end options accepted through ``**options`` (anything else is
     "greedy": set(), "exhaustive": set(), "relaxation": {"cvxpy_solver"},
 }
 RESOLUTION_GAP = 1e-6  # a back-end's OPTIMAL within this relative gap (importance rounding) stays OPTIMAL
-# default bound_time: 75% of the time left after the greedy plan, but the back-end keeps 15 s to load its model and
-# improve the greedy plan; short limits give the bound 30% (CP-SAT needs about 0.6 s for its
+# default bound_time: 75% of the time left after the greedy plan, but the back-end keeps 15 s
+# to load its model and improve the greedy plan; short limits give the bound 30% (CP-SAT needs about 0.6 s for its
 # first plan on a 300-channel problem)
 BOUND_SHARE, BACKEND_SECONDS, SHORT_BOUND_SHARE = 0.75, 15.0, 0.3
 
@@ -94,8 +94,8 @@ def solve_channels(
     Options of ``cpsat`` and ``mip``: ``count_bound`` (default True) first computes the count
     bound, its Lagrangian decomposition and a branch and bound over counts (``bounds.py``)
     for ``bound_time`` seconds (default 75% of the time left after the greedy plan, less what
-    leaves the back-end 15 s, at least 30%: about 45 s of 60, 3 s of 10; on real networks the back-ends improve on
-    neither the greedy plan nor this bound); it stops early once it proves the greedy plan
+    leaves the back-end 15 s, at least 30%: about 45 s of 60, 3 s of 10; on real networks the
+    back-ends improve on neither the greedy plan nor this bound); it stops early once it proves the greedy plan
     optimal (or within ``gap_limit``). The reported bound is the smaller of it and the
     back-end's, and CP-SAT also gets it as a cut. ``gap_limit`` (default 0: prove
     optimality) stops as soon as the certified relative gap is at most this value.
@@ -145,7 +145,7 @@ def solve_channels(
     count, count_info = None, {}
     if use_count:
         from .bounds import count_bound
-        left = max(0.0, time_limit - (time.perf_counter() - t0))  # the greedy plan has used some (1 s on ResNet-50)
+        left = max(0.0, time_limit - (time.perf_counter() - t0))  # the greedy plan has used some (0.4 s on ResNet-50)
         share = (max(SHORT_BOUND_SHARE * left, min(BOUND_SHARE * left, left - BACKEND_SECONDS))
                  if bound_time is None else float(bound_time))
         started = time.perf_counter() - t0

@@ -183,7 +183,7 @@ def _centred(W: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
     gram = E.T @ E if E.shape[0] >= E.shape[1] else E @ E.T
     top = float(np.linalg.eigvalsh(gram)[-1]) if gram.size else 0.0
     frob = float(np.trace(gram))
-    return mean, r, c, math.sqrt(max(top, 0.0) + 1e-12 * frob * max(gram.shape, default=1)) * (1 + 1e-12)
+    return mean, r, c, math.sqrt(max(top, 0.0) + 1e-12 * frob * max(gram.shape)) * (1 + 1e-12)
 
 
 def _padded(value: float) -> float:
